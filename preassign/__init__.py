@@ -1,0 +1,9 @@
+"""preassign: pre-assignment of snack boxes and demand per snack, on Dask."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .params import Params, ParamError  # noqa: E402
+
+__all__ = ["Params", "ParamError", "__version__"]

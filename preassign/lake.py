@@ -1,0 +1,489 @@
+"""The lake on storage: opening, reading into Dask, writing the co-partitioned layout,
+and publishing run outputs atomically.
+
+Layout
+------
+A lake root is a local path or an fsspec URL. Each table is ``<root>/<table>/`` with
+one or more Parquet files (hive-style ``key=value/`` directories allowed). Any such
+lake is read correctly.
+
+The *fast path* layout (written by ``preassign synth`` and ``preassign extract``)
+adds ``<root>/_lake.json``::
+
+    {"format": "preassign-lake", "version": 1, "partitions": N,
+     "bounds": [b0, b1, ..., bN], "tables": [...], "written_at": "..."}
+
+and stores every user-keyed table as ``<table>/part.00000.parquet`` ...
+``part.{N-1}.parquet``, where file ``i`` holds exactly the users with
+``b_i <= user_id < b_{i+1}``, sorted by ``user_id``. Partition ``i`` of every
+table then holds the same users, so the run pairs them without a shuffle. The
+ranges are recorded once, so nobody reads every footer on S3, and they are
+re-checked on the rows as each partition is processed (a wrong manifest is an
+error, never a wrong answer). Without a manifest, the tables are hash-shuffled on
+``user_id`` into the same number of partitions.
+
+A lake root may also hold ``_CURRENT``: the name of a version directory under the
+root that readers should use (how ``extract`` publishes a new lake atomically).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import posixpath
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import dask.dataframe as dd
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .contract import TABLES, USER_KEYED, LakeError
+
+__all__ = [
+    "Lake",
+    "LakeError",
+    "OutputExistsError",
+    "open_lake",
+    "read_small_table",
+    "read_user_tables",
+    "write_user_partition",
+    "write_small_table",
+    "write_manifest",
+    "ARROW_SCHEMAS",
+    "Output",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_lake.json"
+POINTER = "_CURRENT"
+
+#: The physical schema the fast-path writers use (compact types, SPEC §2).
+ARROW_SCHEMAS: dict[str, pa.Schema] = {
+    "snacks": pa.schema(
+        [
+            ("snack_id", pa.int32()),
+            ("name", pa.string()),
+            ("genre", pa.string()),
+            ("ingredients", pa.list_(pa.string())),
+            ("launched_on", pa.date32()),
+            ("retired_on", pa.date32()),
+        ]
+    ),
+    "users": pa.schema(
+        [
+            ("user_id", pa.int32()),
+            ("status", pa.string()),
+            ("next_delivery_on", pa.date32()),
+            ("box_size", pa.int16()),
+        ]
+    ),
+    "ratings": pa.schema(
+        [
+            ("user_id", pa.int32()),
+            ("snack_id", pa.int32()),
+            ("rating", pa.int8()),
+            ("rated_at", pa.timestamp("us", tz="UTC")),
+        ]
+    ),
+    "deliveries": pa.schema(
+        [("user_id", pa.int32()), ("snack_id", pa.int32()), ("delivered_on", pa.date32())]
+    ),
+    "ng_snacks": pa.schema([("user_id", pa.int32()), ("snack_id", pa.int32())]),
+    "avoid_ingredients": pa.schema([("user_id", pa.int32()), ("ingredient", pa.string())]),
+    "genre_prefs": pa.schema([("user_id", pa.int32()), ("genre", pa.string())]),
+    "requests": pa.schema(
+        [
+            ("user_id", pa.int32()),
+            ("snack_id", pa.int32()),
+            ("requested_at", pa.timestamp("us", tz="UTC")),
+        ]
+    ),
+    "stock": pa.schema([("snack_id", pa.int32()), ("quantity", pa.int32())]),
+}
+
+
+class OutputExistsError(FileExistsError):
+    """The output location already holds a complete run."""
+
+
+def _join(*parts: str) -> str:
+    return posixpath.join(*[p.rstrip("/") if i == 0 else p.strip("/") for i, p in enumerate(parts)])
+
+
+class Lake:
+    """An opened lake: its filesystem, resolved root and (optional) manifest."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **self.storage_options)
+        except (ImportError, ValueError) as exc:
+            raise LakeError(f"cannot open lake {url!r}: {exc}") from exc
+        root = root.rstrip("/") or "/"
+        if not self.fs.isdir(root):
+            raise LakeError(f"lake {url!r} does not exist or is not a directory")
+        pointer = _join(root, POINTER)
+        if self.fs.isfile(pointer):
+            version = self.fs.cat_file(pointer).decode().strip()
+            if not version or "/" in version.strip("/") and ".." in version:
+                raise LakeError(f"lake {url!r}: {POINTER} holds an invalid version {version!r}")
+            root = _join(root, version)
+            if not self.fs.isdir(root):
+                raise LakeError(f"lake {url!r}: {POINTER} names {version!r}, which does not exist")
+        self.root = root
+        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.manifest = self._read_manifest()
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        path = _join(self.root, MANIFEST)
+        if not self.fs.isfile(path):
+            return None
+        try:
+            manifest = json.loads(self.fs.cat_file(path))
+            bounds = [int(b) for b in manifest["bounds"]]
+            n = int(manifest["partitions"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LakeError(f"lake {self.url!r}: {MANIFEST} is not valid ({exc})") from exc
+        if len(bounds) != n + 1 or any(b >= c for b, c in zip(bounds, bounds[1:])):
+            raise LakeError(f"lake {self.url!r}: {MANIFEST} bounds are not {n + 1} increasing ids")
+        manifest["bounds"] = bounds
+        return manifest
+
+    def full_path(self, path: str) -> str:
+        """A path of this filesystem as a URL Dask can open."""
+        return path if self.protocol in ("file", "local") else f"{self.protocol}://{path}"
+
+    def table_dir(self, name: str) -> str:
+        """Directory of a table under the root."""
+        return _join(self.root, name)
+
+    def has_table(self, name: str) -> bool:
+        """Whether the table's directory exists (an empty directory is an empty table)."""
+        return self.fs.isdir(self.table_dir(name))
+
+    def files(self, name: str) -> list[str]:
+        """The table's data files, recursively, skipping ``_``/``.`` names, sorted."""
+        base = self.table_dir(name)
+        if not self.fs.isdir(base):
+            return []
+        out = []
+        for path in self.fs.find(base):
+            rel = path[len(base.rstrip("/")) + 1 :]
+            if any(part.startswith(("_", ".")) for part in rel.split("/")):
+                continue
+            out.append(path)
+        return sorted(out)
+
+    def fast_path_files(self) -> dict[str, list[str]] | None:
+        """Per user-keyed table, the manifest's part files, if the lake follows it."""
+        if self.manifest is None:
+            return None
+        n = int(self.manifest["partitions"])
+        expected = [f"part.{i:05d}.parquet" for i in range(n)]
+        out = {}
+        for name in USER_KEYED:
+            files = self.files(name)
+            names = [posixpath.basename(f) for f in files]
+            if names != expected:
+                log.warning(
+                    "lake %s: table %s does not follow %s (%d files, expected %d); "
+                    "shuffling instead", self.url, name, MANIFEST, len(files), n,
+                )
+                return None
+            out[name] = files
+        return out
+
+
+def open_lake(url: str, storage_options: Mapping[str, Any] | None = None) -> Lake:
+    """Open a lake and check the tables SPEC §2 requires are there.
+
+    Raises:
+        LakeError: the root or a required table directory does not exist.
+    """
+    lake = Lake(url, storage_options)
+    missing = [n for n, t in TABLES.items() if not t.optional and not lake.has_table(n)]
+    if missing:
+        raise LakeError(
+            f"lake {url!r} is missing required table(s) {', '.join(missing)} "
+            f"(expected a directory <lake>/<table>/ for each of {', '.join(TABLES)})"
+        )
+    return lake
+
+
+def _read_file(lake: Lake, path: str, columns: list[str]) -> pd.DataFrame:
+    try:
+        with lake.fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            have = set(pf.schema_arrow.names)
+            table = pf.read(columns=[c for c in columns if c in have])
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise LakeError(f"cannot read Parquet file {lake.full_path(path)!r}: {exc}") from exc
+    return table.to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def read_small_table(lake: Lake, name: str) -> list[pd.DataFrame]:
+    """Read a snack-keyed table file by file (raw types; normalise each one)."""
+    cols = list(TABLES[name].columns)
+    return [_read_file(lake, f, cols) for f in lake.files(name)]
+
+
+def _arrow_schema(lake: Lake, name: str, files: list[str]) -> pa.Schema | None:
+    """The schema Dask is told about: the first file's, ids widened to int64."""
+    if not files:
+        return None
+    try:
+        with lake.fs.open(files[0], "rb") as f:
+            schema = pq.read_schema(f)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise LakeError(f"cannot read Parquet file {lake.full_path(files[0])!r}: {exc}") from exc
+    missing = [c for c in TABLES[name].columns if c not in schema.names]
+    if missing:
+        raise LakeError(
+            f"table {name!r} is missing required column(s) {', '.join(missing)} in "
+            f"{lake.full_path(files[0])!r} (columns present: {', '.join(schema.names)})"
+        )
+    fields = []
+    for col in TABLES[name].columns:
+        field = schema.field(col)
+        if pa.types.is_integer(field.type):
+            field = field.with_type(pa.int64())
+        fields.append(field)
+    return pa.schema(fields)
+
+
+def _read_table(lake: Lake, name: str, files: list[str]) -> dd.DataFrame:
+    from .contract import empty_table
+
+    cols = list(TABLES[name].columns)
+    schema = _arrow_schema(lake, name, files)
+    if schema is None:
+        return dd.from_pandas(empty_table(name), npartitions=1)
+    return dd.read_parquet(
+        [lake.full_path(f) for f in files],
+        columns=cols,
+        index=False,
+        calculate_divisions=False,
+        split_row_groups=False,
+        dataset={"schema": schema, "partitioning": None},
+        storage_options=lake.storage_options,
+    )
+
+
+def _shuffle_key(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``_part``: the user id as int64 (null -> -1), the same in every table."""
+    values = pd.to_numeric(df["user_id"], errors="coerce")
+    key = values.fillna(-1).to_numpy(np.float64 if values.dtype.kind == "f" else None)
+    return df.assign(_part=np.asarray(key).astype(np.int64))
+
+
+def read_user_tables(
+    lake: Lake, *, users_per_partition: int = 50_000
+) -> tuple[dict[str, dd.DataFrame], str]:
+    """Read the user-keyed tables as Dask frames whose partition ``i`` hold the same users.
+
+    Returns:
+        ``(frames, layout)``: frames by table name (``users`` first), all with the same
+        number of partitions, and ``"co-partitioned"`` or ``"shuffled"``.
+    """
+    fast = lake.fast_path_files()
+    if fast is not None:
+        frames = {name: _read_table(lake, name, fast[name]) for name in USER_KEYED}
+        counts = {name: f.npartitions for name, f in frames.items()}
+        if len(set(counts.values())) != 1:  # pragma: no cover - guarded by file names above
+            raise LakeError(f"lake {lake.url!r}: partition counts differ: {counts}")
+        return frames, "co-partitioned"
+    raw = {name: _read_table(lake, name, lake.files(name)) for name in USER_KEYED}
+    n_users = sum(
+        pq.ParquetFile(lake.fs.open(f, "rb")).metadata.num_rows for f in lake.files("users")
+    )
+    npartitions = max(1, math.ceil(n_users / users_per_partition))
+    frames = {}
+    for name, frame in raw.items():
+        keyed = frame.map_partitions(_shuffle_key)
+        frames[name] = keyed.shuffle("_part", npartitions=npartitions).drop(columns="_part")
+    return frames, "shuffled"
+
+
+# --------------------------------------------------------------------------------------------
+# writing the fast-path layout
+
+
+def _to_arrow(name: str, frame: pd.DataFrame) -> pa.Table:
+    schema = ARROW_SCHEMAS[name]
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+
+
+def write_user_partition(
+    url: str,
+    index: int,
+    tables: Mapping[str, pd.DataFrame],
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, int]:
+    """Write partition ``index`` of every user-keyed table (rows sorted by ``user_id``).
+
+    Returns:
+        Rows written per table.
+    """
+    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    rows = {}
+    for name in USER_KEYED:
+        frame = tables[name].sort_values("user_id", kind="stable")
+        path = _join(root, name, f"part.{index:05d}.parquet")
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as f:
+            pq.write_table(_to_arrow(name, frame), f, compression="zstd")
+        rows[name] = len(frame)
+    return rows
+
+
+def write_small_table(
+    url: str, name: str, frame: pd.DataFrame, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Write a snack-keyed table whole, as ``<table>/part.00000.parquet``."""
+    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    path = _join(root, name, "part.00000.parquet")
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as f:
+        pq.write_table(_to_arrow(name, frame), f, compression="zstd")
+
+
+def write_manifest(
+    url: str,
+    bounds: list[int],
+    storage_options: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> None:
+    """Write ``_lake.json`` (last: a lake with a manifest is complete)."""
+    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    manifest = {
+        "format": "preassign-lake",
+        "version": 1,
+        "partitions": len(bounds) - 1,
+        "bounds": [int(b) for b in bounds],
+        "tables": list(USER_KEYED),
+        "written_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+    with fs.open(_join(root, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=2)
+
+
+# --------------------------------------------------------------------------------------------
+# run outputs
+
+
+class Output:
+    """A run's output location, written to a staging place and published at the end.
+
+    Local filesystems publish with one directory rename (atomic). Object stores have no
+    rename: files are copied into place and ``summary.json`` is written last, so a
+    reader that sees ``summary.json`` sees a complete output.
+    """
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None,
+                 *, overwrite: bool = False):
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self.fs, path = fsspec.core.url_to_fs(url, **self.storage_options)
+        self.path = path.rstrip("/")
+        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.local = self.protocol in ("file", "local")
+        self.overwrite = overwrite
+        self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + \
+            uuid.uuid4().hex[:8]
+        parent, name = posixpath.split(self.path)
+        self.staging = _join(parent, f".{name}.staging-{self.run_id}")
+
+    def check_writable(self) -> None:
+        """Refuse early if a complete output is there and ``overwrite`` is off."""
+        if self.is_complete() and not self.overwrite:
+            raise OutputExistsError(
+                f"output {self.url!r} already holds a complete run (summary.json); "
+                "pass --overwrite to replace it, or choose another --out"
+            )
+
+    def is_complete(self) -> bool:
+        """Whether the output location holds a published run."""
+        return self.fs.isfile(_join(self.path, "summary.json"))
+
+    def staging_url(self, *parts: str) -> str:
+        """URL of a path inside the staging area."""
+        path = _join(self.staging, *parts) if parts else self.staging
+        return path if self.local else f"{self.protocol}://{path}"
+
+    def write_json(self, relpath: str, payload: Any) -> None:
+        """Write a JSON document into the staging area."""
+        path = _join(self.staging, relpath)
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with self.fs.open(path, "w") as f:
+            json.dump(payload, f, indent=2, default=str)
+            f.write("\n")
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        """Write a file into the staging area."""
+        path = _join(self.staging, relpath)
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with self.fs.open(path, "wb") as f:
+            f.write(data)
+
+    def write_frame(self, relpath: str, frame: pd.DataFrame, schema: pa.Schema | None = None) -> None:
+        """Write a small pandas frame as one Parquet file into the staging area."""
+        path = _join(self.staging, relpath)
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+        with self.fs.open(path, "wb") as f:
+            pq.write_table(table, f)
+
+    def publish(self) -> None:
+        """Make the staged run the output; ``summary.json`` must already be staged."""
+        self.check_writable()
+        if self.local:
+            self._publish_local()
+        else:
+            self._publish_object_store()
+
+    def _publish_local(self) -> None:
+        import os
+
+        old = None
+        if os.path.exists(self.path):
+            old = _join(posixpath.dirname(self.path), f".{posixpath.basename(self.path)}.old-{self.run_id}")
+            os.rename(self.path, old)
+        try:
+            os.rename(self.staging, self.path)
+        except OSError:
+            if old is not None and not os.path.exists(self.path):
+                os.rename(old, self.path)
+            raise
+        if old is not None:
+            self.fs.rm(old, recursive=True)
+
+    def _publish_object_store(self) -> None:
+        summary = _join(self.path, "summary.json")
+        if self.fs.exists(self.path):
+            if self.fs.isfile(summary):
+                self.fs.rm(summary)  # from here on the old output no longer looks complete
+            for entry in self.fs.ls(self.path, detail=False):
+                self.fs.rm(entry, recursive=True)
+        files = [f for f in self.fs.find(self.staging) if not f.endswith("/summary.json")]
+        for src in files:
+            self.fs.copy(src, _join(self.path, src[len(self.staging) + 1 :]))
+        self.fs.copy(_join(self.staging, "summary.json"), summary)
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove the staging area (after a failure, or after publishing)."""
+        try:
+            if self.fs.exists(self.staging):
+                self.fs.rm(self.staging, recursive=True)
+        except OSError:  # pragma: no cover - best effort
+            log.warning("could not remove staging area %s", self.staging)

@@ -1,0 +1,415 @@
+"""The only module that knows Dask: read -> prior -> map_partitions(state + assign)
+-> groupby demand -> publish.
+
+Two passes over the co-partitioned user tables:
+
+1. **scan** (one task per partition): validate every row, count input and orphan
+   rows, and sum the latest ratings per snack. A tiny reduction on the client
+   gives C and prior(s) for a few hundred snacks.
+2. **assign** (``map_partitions``): build the partition's user state and fill
+   its boxes, with the catalog and priors as small broadcast arguments. Its
+   output is written to Parquet, aggregated to demand per (date, snack) with a
+   groupby, and counted for the summary, all in one graph so each partition is
+   assigned once.
+
+Outputs are written to a staging area and published at the end (see
+:class:`preassign.lake.Output`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from . import __version__
+from .assign import STAGES, assign_snacks, snack_prior
+from .contract import TABLES, USER_KEYED, LakeError, dedupe_keyed, normalize_table
+from .demand import DEMAND_COLUMNS, combine_demand, compute_shortage, count_demand
+from .lake import Lake, Output, open_lake, read_small_table, read_user_tables
+from .params import Params
+from .state import (
+    PartitionStats,
+    SnackCatalog,
+    build_catalog,
+    build_user_state,
+    prepare_partition,
+    summarize_partition,
+)
+
+__all__ = ["RunConfig", "RunResult", "run_preassignment", "load_catalog", "ASSIGNMENT_SCHEMA"]
+
+log = logging.getLogger(__name__)
+
+ASSIGNMENT_SCHEMA = pa.schema(
+    [
+        ("delivery_on", pa.date32()),
+        ("user_id", pa.int64()),
+        ("slot", pa.int32()),
+        ("snack_id", pa.int64()),
+        ("stage", pa.string()),
+    ]
+)
+DEMAND_SCHEMA = pa.schema(
+    [("delivery_on", pa.date32()), ("snack_id", pa.int64())]
+    + [(c, pa.int64()) for c in DEMAND_COLUMNS]
+)
+SHORTAGE_SCHEMA = pa.schema(
+    [("snack_id", pa.int64()), ("units", pa.int64()), ("stock", pa.int64()), ("shortage", pa.int64())]
+)
+_INTERNAL_META = pd.DataFrame(
+    {
+        "delivery_on": np.zeros(0, np.int32),
+        "user_id": np.zeros(0, np.int64),
+        "slot": np.zeros(0, np.int16),
+        "snack_id": np.zeros(0, np.int64),
+        "stage": np.zeros(0, np.int8),
+        "box_size": np.zeros(0, np.int16),
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs, besides the cluster."""
+
+    lake: str
+    date_from: dt.date
+    date_to: dt.date
+    out: str
+    params: Params = dataclasses.field(default_factory=Params)
+    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    on_invalid: str = "raise"
+    overwrite: bool = False
+    users_per_partition: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.date_to < self.date_from:
+            raise ValueError(f"--until {self.date_to} is before --date {self.date_from}")
+        if self.on_invalid not in ("raise", "drop"):
+            raise ValueError(f"on_invalid must be 'raise' or 'drop', got {self.on_invalid!r}")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    out: str
+    summary: dict[str, Any]
+    demand: pd.DataFrame
+    shortage: pd.DataFrame | None
+
+
+# --------------------------------------------------------------------------------------------
+# small tables (read on the client)
+
+
+def _concat_normalized(name: str, parts: list[pd.DataFrame], on_invalid: str) -> tuple[pd.DataFrame, int, list]:
+    frames, problems, rows = [], [], 0
+    for raw in parts:
+        rows += len(raw)
+        norm, found, _ = normalize_table(name, raw, on_invalid=on_invalid)
+        frames.append(norm)
+        problems.extend(found)
+    if not frames:
+        from .contract import empty_table
+
+        frames = [normalize_table(name, empty_table(name))[0]]
+    return pd.concat(frames, ignore_index=True), rows, problems
+
+
+def load_catalog(lake: Lake, on_invalid: str = "raise") -> tuple[SnackCatalog, pd.DataFrame | None, dict[str, int], list]:
+    """Read, check and de-duplicate ``snacks`` and (optional) ``stock``.
+
+    Returns:
+        ``(catalog, stock, input_rows, problems)``; ``stock`` is ``None`` when the
+        lake has no ``stock`` table, else the rows of known snacks.
+    """
+    snacks, n_snacks, problems = _concat_normalized("snacks", read_small_table(lake, "snacks"), on_invalid)
+    catalog = build_catalog(dedupe_keyed("snacks", snacks, "snack_id"))
+    rows = {"snacks": n_snacks}
+    stock = None
+    if lake.has_table("stock"):
+        raw, n_stock, found = _concat_normalized("stock", read_small_table(lake, "stock"), on_invalid)
+        problems += found
+        rows["stock"] = n_stock
+        stock = dedupe_keyed("stock", raw, "snack_id")
+        stock = stock[np.isin(stock["snack_id"].to_numpy(np.int64), catalog.snack_id)]
+    return catalog, stock, rows, problems
+
+
+# --------------------------------------------------------------------------------------------
+# the kernels (run on workers; pure apart from the bounds check)
+
+
+def _check_bounds(tables: dict[str, pd.DataFrame], bounds: tuple[int, int] | None, index: int) -> None:
+    if bounds is None:
+        return
+    lo, hi = bounds
+    for name, frame in tables.items():
+        uid = frame["user_id"].to_numpy(np.int64)
+        outside = (uid < lo) | (uid >= hi)
+        if outside.any():
+            raise LakeError(
+                f"table {name!r}, column 'user_id': {int(outside.sum())} rows of partition "
+                f"{index} lie outside its recorded range [{lo}, {hi}) (e.g. user_id="
+                f"{int(uid[outside][0])}); the lake's _lake.json does not match its files - "
+                "rewrite the lake or delete _lake.json"
+            )
+
+
+def _scan_partition(
+    index: int,
+    bounds: tuple[int, int] | None,
+    catalog: SnackCatalog,
+    date_from: dt.date,
+    date_to: dt.date,
+    on_invalid: str,
+    *parts: pd.DataFrame,
+) -> PartitionStats:
+    raw = dict(zip(USER_KEYED, parts))
+    tables, input_rows, orphans, problems = prepare_partition(raw, catalog, on_invalid=on_invalid)
+    _check_bounds(tables, bounds, index)
+    sums, counts, targeted = summarize_partition(tables, catalog, date_from, date_to)
+    invalid: dict[str, int] = {}
+    for p in problems:
+        invalid[p.table] = invalid.get(p.table, 0) + p.count
+    return PartitionStats(input_rows, orphans, invalid, sums, counts, targeted, problems)
+
+
+def _assign_partition(
+    *parts: pd.DataFrame,
+    catalog: SnackCatalog,
+    prior: np.ndarray,
+    date_from: dt.date,
+    date_to: dt.date,
+    params: Params,
+    on_invalid: str,
+) -> pd.DataFrame:
+    raw = dict(zip(USER_KEYED, parts))
+    tables, _, _, _ = prepare_partition(raw, catalog, on_invalid=on_invalid)
+    state = build_user_state(tables, catalog, date_from, date_to, params)
+    return assign_snacks(state, catalog, prior, params)
+
+
+def _days_to_arrow_dates(days: np.ndarray) -> pd.Series:
+    arr = pa.array(np.asarray(days, np.int32), pa.int32()).cast(pa.date32())
+    return pd.Series(pd.arrays.ArrowExtensionArray(arr))
+
+
+def _assignment_output(frame: pd.DataFrame) -> pd.DataFrame:
+    stage = pa.array(np.array(STAGES, dtype=object)[frame["stage"].to_numpy(np.int64)], pa.string())
+    return pd.DataFrame(
+        {
+            "delivery_on": _days_to_arrow_dates(frame["delivery_on"].to_numpy()).array,
+            "user_id": frame["user_id"].to_numpy(np.int64),
+            "slot": frame["slot"].to_numpy(np.int32),
+            "snack_id": frame["snack_id"].to_numpy(np.int64),
+            "stage": pd.arrays.ArrowExtensionArray(stage),
+        }
+    )
+
+
+def _demand_meta() -> pd.DataFrame:
+    return count_demand(_INTERNAL_META)
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "preassign": __version__}
+    for pkg in ("dask", "distributed", "pandas", "numpy", "pyarrow", "fsspec", "s3fs"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:  # pragma: no cover
+            out[pkg] = "not installed"
+    return out
+
+
+def _cluster_info(client: Any) -> dict[str, Any]:
+    if client is None:
+        return {"kind": "threads", "workers": 1, "threads": dask.system.CPU_COUNT}
+    info = client.scheduler_info()
+    workers = info.get("workers", {})
+    kind = getattr(client, "_preassign_kind", None) or type(getattr(client, "cluster", None)).__name__
+    return {
+        "kind": kind,
+        "workers": len(workers),
+        "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+        "memory_limit_bytes": sum(int(w.get("memory_limit") or 0) for w in workers.values()),
+    }
+
+
+def _compute(client: Any, collections: list, progress: bool) -> list:
+    if client is None:
+        return list(dask.compute(*collections))
+    futures = client.compute(collections)
+    if progress:
+        from distributed import progress as show_progress
+
+        show_progress(futures)
+        sys.stdout.write("\n")
+    return client.gather(futures)
+
+
+def run_preassignment(
+    config: RunConfig,
+    client: Any = None,
+    *,
+    progress: bool = False,
+    on_stage: Callable[[str, float], None] | None = None,
+) -> RunResult:
+    """Run one pre-assignment and publish its outputs (SPEC §4).
+
+    Args:
+        config: lake, dates, output, parameters.
+        client: a ``distributed.Client`` (its cluster runs the tasks); ``None`` uses
+            Dask's current scheduler (handy in tests).
+        progress: draw Dask's progress bars (only sensible on a terminal or notebook).
+        on_stage: called with (stage name, seconds) after each stage, for logging.
+
+    Returns:
+        The published output location, the summary, demand and shortage frames.
+
+    Raises:
+        LakeError: the lake breaks the contract (nothing is published).
+        OutputExistsError: ``config.out`` holds a complete run and overwrite is off.
+    """
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def done(stage: str, t0: float) -> float:
+        seconds[stage] = round(time.perf_counter() - t0, 3)
+        if on_stage:
+            on_stage(stage, seconds[stage])
+        return time.perf_counter()
+
+    output = Output(config.out, config.storage_options, overwrite=config.overwrite)
+    output.check_writable()
+    t = time.perf_counter()
+    lake = open_lake(config.lake, config.storage_options)
+    catalog, stock, small_rows, problems = load_catalog(lake, config.on_invalid)
+    frames, layout = read_user_tables(lake, users_per_partition=config.users_per_partition)
+    npart = frames["users"].npartitions
+    log.info("lake %s: %d snacks, %d partitions (%s)", config.lake, catalog.size, npart, layout)
+    t = done("read", t)
+
+    # pass 1: validate, count, and sum latest ratings per snack -> prior
+    delayed_parts = {name: frames[name].to_delayed() for name in USER_KEYED}
+    bounds = lake.manifest["bounds"] if layout == "co-partitioned" and lake.manifest else None
+    scan = dask.delayed(_scan_partition, pure=True)
+    tasks = [
+        scan(
+            i,
+            (bounds[i], bounds[i + 1]) if bounds else None,
+            catalog,
+            config.date_from,
+            config.date_to,
+            config.on_invalid,
+            *[delayed_parts[name][i] for name in USER_KEYED],
+        )
+        for i in range(npart)
+    ]
+    partials = _compute(client, tasks, progress)
+    stats = partials[0]
+    for p in partials[1:]:
+        stats = stats + p
+    problems = problems + stats.problems
+    prior = snack_prior(stats.rating_sum, stats.rating_count, config.params)
+    t = done("scan", t)
+
+    # pass 2: user state + assignment per partition, written, aggregated and counted
+    output.discard()
+    try:
+        assignments = dask.dataframe.map_partitions(
+            _assign_partition,
+            *[frames[name] for name in USER_KEYED],
+            catalog=catalog,
+            prior=prior,
+            date_from=config.date_from,
+            date_to=config.date_to,
+            params=config.params,
+            on_invalid=config.on_invalid,
+            meta=_INTERNAL_META,
+            align_dataframes=False,
+            enforce_metadata=False,
+        )
+        write = assignments.map_partitions(
+            _assignment_output, meta=_assignment_output(_INTERNAL_META)
+        ).to_parquet(
+            output.staging_url("assignments"),
+            write_index=False,
+            schema=ASSIGNMENT_SCHEMA,
+            storage_options=config.storage_options,
+            compute=False,
+            write_metadata_file=False,
+        )
+        demand_parts = assignments.map_partitions(count_demand, meta=_demand_meta())
+        demand_dd = demand_parts.groupby(["delivery_on", "snack_id"]).sum(split_out=1)
+        full_boxes = (assignments["slot"] == assignments["box_size"]).sum()
+        _, demand, n_full = _compute(client, [write, demand_dd, full_boxes], progress)
+        t = done("assign", t)
+
+        demand = combine_demand(demand.reset_index())
+        shortage = compute_shortage(demand, stock) if stock is not None else None
+        demand_out = demand.assign(delivery_on=_days_to_arrow_dates(demand["delivery_on"]).array)
+        output.write_frame("demand/part.0.parquet", demand_out, DEMAND_SCHEMA)
+        if shortage is not None:
+            output.write_frame("shortage/part.0.parquet", shortage, SHORTAGE_SCHEMA)
+        units_total = int(demand["units"].sum())
+        orphan_rows = {name: int(stats.orphan_rows.get(name, 0)) for name in USER_KEYED[1:]}
+        input_rows = {name: int({**stats.input_rows, **small_rows}.get(name, 0))
+                      for name in TABLES if name in stats.input_rows or name in small_rows}
+        summary = {
+            "date_from": config.date_from.isoformat(),
+            "date_to": config.date_to.isoformat(),
+            "parameters": config.params.to_dict(),
+            "users_targeted": int(stats.users_targeted),
+            "boxes_full": int(n_full),
+            "boxes_short": int(stats.users_targeted - int(n_full)),
+            "units_total": units_total,
+            "snacks_in_demand": int(demand["snack_id"].nunique()),
+            "snacks_short": int((shortage["shortage"] > 0).sum()) if shortage is not None else None,
+            "input_rows": input_rows,
+            "orphan_rows": orphan_rows,
+            "invalid_rows": {k: int(v) for k, v in sorted(_count_invalid(problems).items())},
+            "on_invalid": config.on_invalid,
+            "lake": {"url": lake.url, "layout": layout, "partitions": npart},
+            "stage_seconds": {},
+            "cluster": _cluster_info(client),
+            "versions": _versions(),
+            "run_id": output.run_id,
+            "finished_at": None,
+        }
+        t_pub = time.perf_counter()
+        seconds["total"] = round(time.perf_counter() - started, 3)
+        summary["stage_seconds"] = dict(seconds)
+        summary["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        output.write_json("summary.json", summary)
+        output.publish()
+        done("publish", t_pub)
+    except BaseException:
+        output.discard()
+        raise
+    return RunResult(out=config.out, summary=summary, demand=demand, shortage=shortage)
+
+
+def _count_invalid(problems: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in problems:
+        out[p.table] = out.get(p.table, 0) + p.count
+    return out

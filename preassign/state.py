@@ -1,0 +1,384 @@
+"""User state, one partition of users at a time (pure numpy/pandas).
+
+Design
+------
+The old system built one Python object per user. Here a partition of users (all
+their rows from every user-keyed table, guaranteed to be in the same partition)
+becomes a handful of dense ``users x snacks`` arrays:
+
+* ``rating``: the latest rating (int8, 0 = never rated),
+* ``delivered_ever`` / ``delivered_recent`` (bool, the latter per the user's own
+  repeat window),
+* ``ng`` and ``conflict`` (an avoided ingredient is in the snack),
+* ``request_at``: the earliest qualifying request time, as a sparse triple,
+* ``favorite`` and ``affinity`` per ``users x genres``.
+
+A lineup of a few hundred snacks makes these arrays a few hundred bytes per user,
+so memory per task is bounded by the partition size, never by the whole lake.
+Snack-level facts live in :class:`SnackCatalog`, built once and broadcast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from .contract import NO_DATE, TABLES, USER_KEYED, dedupe_keyed, normalize_table
+from .params import Params
+
+__all__ = [
+    "SnackCatalog",
+    "PartitionStats",
+    "UserState",
+    "build_catalog",
+    "prepare_partition",
+    "latest_ratings",
+    "build_user_state",
+    "to_days",
+]
+
+_NEVER = np.iinfo(np.int32).max
+_NS_PER_DAY = 86_400 * 1_000_000_000
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def to_days(d: dt.date) -> int:
+    """Days from 1970-01-01 to ``d`` (the SPEC's ``e``)."""
+    return (d - _EPOCH).days
+
+
+@dataclasses.dataclass(frozen=True)
+class SnackCatalog:
+    """The snack table in array form, ordered by ``snack_id`` ascending (column order).
+
+    Attributes:
+        snack_id: ids, ascending; position = column in every users x snacks array.
+        genre: genre code per snack (index into ``genres``).
+        genres: genre names, sorted.
+        ingredients: ingredient names that occur in some snack, sorted.
+        has_ingredient: ``snacks x ingredients`` bool matrix.
+        launched_on / retired_on: days since epoch (``retired_on`` max int when null).
+    """
+
+    snack_id: np.ndarray
+    genre: np.ndarray
+    genres: tuple[str, ...]
+    ingredients: tuple[str, ...]
+    has_ingredient: np.ndarray
+    launched_on: np.ndarray
+    retired_on: np.ndarray
+
+    @property
+    def size(self) -> int:
+        """Number of snacks."""
+        return len(self.snack_id)
+
+    def columns_of(self, snack_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map snack ids to columns -> ``(column, known)``; unknown ids give ``known=False``."""
+        if self.size == 0:
+            return np.zeros(len(snack_ids), np.int64), np.zeros(len(snack_ids), bool)
+        col = np.searchsorted(self.snack_id, snack_ids)
+        col = np.minimum(col, self.size - 1)
+        return col, self.snack_id[col] == snack_ids
+
+
+def build_catalog(snacks: pd.DataFrame) -> SnackCatalog:
+    """Build the catalog from the normalised, de-duplicated ``snacks`` table."""
+    snacks = snacks.sort_values("snack_id", kind="stable").reset_index(drop=True)
+    genres = tuple(sorted(set(snacks["genre"])))
+    genre = np.searchsorted(np.array(genres, dtype=object), snacks["genre"].to_numpy()) if genres \
+        else np.zeros(0, np.int64)
+    ingredients = tuple(sorted({i for items in snacks["ingredients"] for i in items}))
+    index = {name: k for k, name in enumerate(ingredients)}
+    has = np.zeros((len(snacks), len(ingredients)), bool)
+    for row, items in enumerate(snacks["ingredients"]):
+        has[row, [index[i] for i in items]] = True
+    retired = snacks["retired_on"].to_numpy(np.int32)
+    return SnackCatalog(
+        snack_id=snacks["snack_id"].to_numpy(np.int64),
+        genre=np.asarray(genre, np.int32),
+        genres=genres,
+        ingredients=ingredients,
+        has_ingredient=has,
+        launched_on=snacks["launched_on"].to_numpy(np.int32),
+        retired_on=np.where(retired == NO_DATE, _NEVER, retired).astype(np.int32),
+    )
+
+
+@dataclasses.dataclass
+class PartitionStats:
+    """What one partition contributes to the run summary and the snack prior."""
+
+    input_rows: dict[str, int]
+    orphan_rows: dict[str, int]
+    invalid_rows: dict[str, int]
+    rating_sum: np.ndarray  # per snack column, sum of latest ratings (int64)
+    rating_count: np.ndarray  # per snack column, number of latest ratings (int64)
+    users_targeted: int
+    problems: list = dataclasses.field(default_factory=list)
+
+    def __add__(self, other: PartitionStats) -> PartitionStats:
+        def add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+            return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
+
+        return PartitionStats(
+            input_rows=add(self.input_rows, other.input_rows),
+            orphan_rows=add(self.orphan_rows, other.orphan_rows),
+            invalid_rows=add(self.invalid_rows, other.invalid_rows),
+            rating_sum=self.rating_sum + other.rating_sum,
+            rating_count=self.rating_count + other.rating_count,
+            users_targeted=self.users_targeted + other.users_targeted,
+            problems=self.problems + other.problems,
+        )
+
+
+def prepare_partition(
+    raw: dict[str, pd.DataFrame],
+    catalog: SnackCatalog,
+    *,
+    on_invalid: str = "raise",
+) -> tuple[dict[str, pd.DataFrame], dict[str, int], dict[str, int], list]:
+    """Normalise one partition of the user-keyed tables and drop orphan rows.
+
+    Args:
+        raw: table name -> raw rows of this partition (``users`` and the user-keyed
+            tables; missing tables count as empty).
+        catalog: the snack catalog (for orphan detection by ``snack_id``).
+        on_invalid: ``"raise"`` or ``"drop"`` (see :func:`normalize_table`).
+
+    Returns:
+        ``(tables, input_rows, orphan_rows, problems)`` where ``tables`` holds
+        normalised rows without orphans, and the counts are on raw rows.
+    """
+    tables: dict[str, pd.DataFrame] = {}
+    input_rows: dict[str, int] = {}
+    orphans: dict[str, int] = {}
+    problems: list = []
+    for name in USER_KEYED:
+        frame = raw.get(name)
+        if frame is None:
+            from .contract import empty_table
+
+            frame = empty_table(name)
+        input_rows[name] = len(frame)
+        norm, found, _ = normalize_table(name, frame, on_invalid=on_invalid)
+        problems.extend(found)
+        tables[name] = norm
+    users = dedupe_keyed("users", tables["users"], "user_id")
+    tables["users"] = users
+    user_ids = np.sort(users["user_id"].to_numpy(np.int64))
+    for name in USER_KEYED[1:]:
+        frame = tables[name]
+        uid = frame["user_id"].to_numpy(np.int64)
+        pos = np.minimum(np.searchsorted(user_ids, uid), max(len(user_ids) - 1, 0))
+        keep = (user_ids[pos] == uid) if len(user_ids) else np.zeros(len(uid), bool)
+        if TABLES[name].has_snack:
+            _, known = catalog.columns_of(frame["snack_id"].to_numpy(np.int64))
+            keep &= known
+        orphans[name] = int((~keep).sum())
+        if not keep.all():
+            frame = frame.loc[keep].reset_index(drop=True)
+        tables[name] = frame
+    return tables, input_rows, orphans, problems
+
+
+def latest_ratings(ratings: pd.DataFrame) -> pd.DataFrame:
+    """Latest rating per (user, snack): greatest ``rated_at``, ties -> smallest rating.
+
+    Examples:
+        >>> r = pd.DataFrame({"user_id": [1, 1, 1], "snack_id": [5, 5, 5],
+        ...                   "rating": [4, 2, 1], "rated_at": [10, 10, 3]})
+        >>> latest_ratings(r)[["user_id", "snack_id", "rating"]].to_dict("records")
+        [{'user_id': 1, 'snack_id': 5, 'rating': 2}]
+    """
+    u = ratings["user_id"].to_numpy(np.int64)
+    s = ratings["snack_id"].to_numpy(np.int64)
+    r = ratings["rating"].to_numpy(np.int8)
+    t = ratings["rated_at"].to_numpy(np.int64)
+    if len(u) == 0:
+        return pd.DataFrame({"user_id": u, "snack_id": s, "rating": r})
+    # (user, snack, rated_at desc, rating asc): the first row of each pair wins.
+    order = np.lexsort((r, ~t, s, u))  # ~t orders descending without overflow
+    u, s, r = u[order], s[order], r[order]
+    first = np.ones(len(u), bool)
+    first[1:] = (u[1:] != u[:-1]) | (s[1:] != s[:-1])
+    return pd.DataFrame({"user_id": u[first], "snack_id": s[first], "rating": r[first]})
+
+
+def summarize_partition(
+    tables: dict[str, pd.DataFrame],
+    catalog: SnackCatalog,
+    date_from: dt.date,
+    date_to: dt.date,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-snack sums and counts of latest ratings, and the number of target users."""
+    latest = latest_ratings(tables["ratings"])
+    col, _ = catalog.columns_of(latest["snack_id"].to_numpy(np.int64))
+    rating = latest["rating"].to_numpy(np.int64)
+    sums = np.bincount(col, weights=rating, minlength=catalog.size).astype(np.int64)
+    counts = np.bincount(col, minlength=catalog.size).astype(np.int64)
+    return sums, counts, int(_target_mask(tables["users"], date_from, date_to).sum())
+
+
+def _target_mask(users: pd.DataFrame, date_from: dt.date, date_to: dt.date) -> np.ndarray:
+    day = users["next_delivery_on"].to_numpy(np.int32)
+    return (
+        (users["status"].to_numpy() == 0)
+        & (day != NO_DATE)
+        & (day >= to_days(date_from))
+        & (day <= to_days(date_to))
+    )
+
+
+@dataclasses.dataclass
+class UserState:
+    """Dense state of one partition's target users (rows) against the catalog (columns)."""
+
+    user_id: np.ndarray  # (U,) int64, ascending
+    delivery_on: np.ndarray  # (U,) int32 days
+    box_size: np.ndarray  # (U,) int32
+    rating: np.ndarray  # (U, S) int8, 0 = never rated
+    delivered_ever: np.ndarray  # (U, S) bool
+    delivered_recent: np.ndarray  # (U, S) bool, inside the user's repeat window
+    ng: np.ndarray  # (U, S) bool
+    conflict: np.ndarray  # (U, S) bool, an avoided ingredient is in the snack
+    favorite: np.ndarray  # (U, G) bool
+    affinity: np.ndarray  # (U, G) float64
+    request_row: np.ndarray  # (R,) row of each qualifying (user, snack) request
+    request_col: np.ndarray  # (R,) its snack column
+    request_at: np.ndarray  # (R,) earliest qualifying requested_at, ns
+
+    @property
+    def n_users(self) -> int:
+        """Number of target users in the partition."""
+        return len(self.user_id)
+
+
+def _rows_of(ids: np.ndarray, target_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map user ids to rows of ``target_ids`` (sorted) -> ``(row, is_target)``."""
+    if len(target_ids) == 0:
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    row = np.minimum(np.searchsorted(target_ids, ids), len(target_ids) - 1)
+    return row, target_ids[row] == ids
+
+
+def build_user_state(
+    tables: dict[str, pd.DataFrame],
+    catalog: SnackCatalog,
+    date_from: dt.date,
+    date_to: dt.date,
+    params: Params,
+) -> UserState:
+    """Build the dense state of the partition's target users.
+
+    Args:
+        tables: normalised, orphan-free tables of one partition (:func:`prepare_partition`).
+        catalog: the snack catalog.
+        date_from, date_to: the run's date range (inclusive).
+        params: rule parameters.
+
+    Returns:
+        The partition's :class:`UserState`, rows ordered by ``user_id``.
+    """
+    users = tables["users"]
+    target = _target_mask(users, date_from, date_to)
+    tusers = users.loc[target].sort_values("user_id", kind="stable")
+    uid = tusers["user_id"].to_numpy(np.int64)
+    day = tusers["next_delivery_on"].to_numpy(np.int32)
+    box = tusers["box_size"].to_numpy(np.int32)
+    box = np.where(box == 0, params.default_box_size, box).astype(np.int32)
+    n_u, n_s, n_g = len(uid), catalog.size, len(catalog.genres)
+
+    def rows_cols(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        frame = tables[name]
+        row, hit = _rows_of(frame["user_id"].to_numpy(np.int64), uid)
+        col = catalog.columns_of(frame["snack_id"].to_numpy(np.int64))[0] if "snack_id" in frame \
+            else np.zeros(len(frame), np.int64)
+        return row, col, hit
+
+    # latest ratings
+    latest = latest_ratings(tables["ratings"])
+    row, hit = _rows_of(latest["user_id"].to_numpy(np.int64), uid)
+    col = catalog.columns_of(latest["snack_id"].to_numpy(np.int64))[0]
+    rating = np.zeros((n_u, n_s), np.int8)
+    r = latest["rating"].to_numpy(np.int8)
+    rating[row[hit], col[hit]] = r[hit]
+
+    # genre affinity: mean of the user's latest ratings in g minus their overall mean
+    g_of = catalog.genre[col[hit]]
+    cell = row[hit] * n_g + g_of
+    sum_ug = np.bincount(cell, weights=r[hit].astype(np.float64), minlength=n_u * n_g)
+    cnt_ug = np.bincount(cell, minlength=n_u * n_g).astype(np.float64)
+    sum_ug, cnt_ug = sum_ug.reshape(n_u, n_g), cnt_ug.reshape(n_u, n_g)
+    sum_u, cnt_u = sum_ug.sum(axis=1), cnt_ug.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_u = sum_u / cnt_u
+        affinity = np.where(cnt_ug > 0, sum_ug / cnt_ug - mean_u[:, None], 0.0)
+
+    # deliveries: ever, and inside [d - repeat_window_days, d - 1]
+    row, col, hit = rows_cols("deliveries")
+    on = tables["deliveries"]["delivered_on"].to_numpy(np.int32)
+    delivered_ever = np.zeros((n_u, n_s), bool)
+    delivered_ever[row[hit], col[hit]] = True
+    d = day[row]
+    recent = hit & (on >= d - params.repeat_window_days) & (on <= d - 1)
+    delivered_recent = np.zeros((n_u, n_s), bool)
+    delivered_recent[row[recent], col[recent]] = True
+
+    row, col, hit = rows_cols("ng_snacks")
+    ng = np.zeros((n_u, n_s), bool)
+    ng[row[hit], col[hit]] = True
+
+    # avoided ingredients -> conflicting snacks, via users x ingredients @ ingredients x snacks
+    avoid = tables["avoid_ingredients"]
+    row, hit = _rows_of(avoid["user_id"].to_numpy(np.int64), uid)
+    conflict = np.zeros((n_u, n_s), bool)
+    if catalog.ingredients and hit.any():
+        names = np.array(catalog.ingredients, dtype=object)
+        ing = avoid["ingredient"].to_numpy(object)
+        k = np.minimum(np.searchsorted(names, ing), len(names) - 1)
+        known = hit & (names[k] == ing)
+        avoids = np.zeros((n_u, len(names)), np.float32)
+        avoids[row[known], k[known]] = 1.0
+        conflict = (avoids @ catalog.has_ingredient.T.astype(np.float32)) > 0
+
+    prefs = tables["genre_prefs"]
+    row, hit = _rows_of(prefs["user_id"].to_numpy(np.int64), uid)
+    favorite = np.zeros((n_u, n_g), bool)
+    if n_g and hit.any():
+        names = np.array(catalog.genres, dtype=object)
+        genre = prefs["genre"].to_numpy(object)
+        k = np.minimum(np.searchsorted(names, genre), n_g - 1)
+        known = hit & (names[k] == genre)
+        favorite[row[known], k[known]] = True
+
+    # requests whose UTC date is in [d - request_window_days, d - 1]; earliest per pair
+    row, col, hit = rows_cols("requests")
+    at = tables["requests"]["requested_at"].to_numpy(np.int64)
+    req_day = np.floor_divide(at, _NS_PER_DAY)
+    d = day[row].astype(np.int64)
+    ok = hit & (req_day >= d - params.request_window_days) & (req_day <= d - 1)
+    row, col, at = row[ok], col[ok], at[ok]
+    order = np.lexsort((at, col, row))
+    row, col, at = row[order], col[order], at[order]
+    first = np.ones(len(row), bool)
+    first[1:] = (row[1:] != row[:-1]) | (col[1:] != col[:-1])
+
+    return UserState(
+        user_id=uid,
+        delivery_on=day,
+        box_size=box,
+        rating=rating,
+        delivered_ever=delivered_ever,
+        delivered_recent=delivered_recent,
+        ng=ng,
+        conflict=conflict,
+        favorite=favorite,
+        affinity=affinity,
+        request_row=row[first],
+        request_col=col[first],
+        request_at=at[first],
+    )
