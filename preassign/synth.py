@@ -1,0 +1,321 @@
+"""Synthetic lakes: deterministic, realistic, co-partitioned (SPEC §2).
+
+The lineup is ~300 snacks over 10 genres with ingredient tags, some retired and
+some new. Users are mostly active, with delivery dates spread over the two weeks
+from ``as_of``, box sizes mostly 8, a box every 2 or 4 weeks in their history,
+skewed ratings (0-200 each), NG lists of 0-60, 0-3 avoided ingredients, 0-3
+favourite genres and a few requests; stock is sized near the expected demand so
+some snacks run short.
+
+Partition ``i`` holds users ``[1 + i*P, 1 + (i+1)*P)`` and is generated from its
+own seed, so any partition can be made alone, in any order, on any worker; the
+result depends only on (users, snacks, seed, as_of, users_per_partition).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import os
+import shutil
+import uuid
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .lake import USER_KEYED, write_manifest, write_small_table, write_user_partition
+
+__all__ = ["SynthConfig", "generate_snacks", "generate_stock", "generate_partition", "write_lake"]
+
+GENRES = (
+    "chips", "choco", "cookie", "cracker", "candy",
+    "gummy", "nuts", "rice_cracker", "dried_fruit", "jerky",
+)
+INGREDIENTS = (
+    "milk", "wheat", "egg", "peanut", "soy", "gelatin", "almond", "sesame", "shrimp",
+    "pork", "beef", "walnut", "cashew", "coconut", "corn", "gluten", "chili", "caffeine",
+    "alcohol", "crab",
+)
+_NS_PER_DAY = 86_400 * 10**9
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """What to generate."""
+
+    users: int
+    snacks: int = 300
+    seed: int = 0
+    as_of: dt.date = dt.date(2026, 12, 1)
+    users_per_partition: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.users < 0:
+            raise ValueError(f"users must be >= 0, got {self.users}")
+        if self.snacks < 1:
+            raise ValueError(f"snacks must be >= 1, got {self.snacks}")
+        if self.users_per_partition < 1:
+            raise ValueError(f"users_per_partition must be >= 1, got {self.users_per_partition}")
+
+    @property
+    def partitions(self) -> int:
+        """Number of user partitions."""
+        return max(1, math.ceil(self.users / self.users_per_partition))
+
+    @property
+    def bounds(self) -> list[int]:
+        """User-id boundaries: partition i holds bounds[i] <= user_id < bounds[i+1]."""
+        p = self.users_per_partition
+        starts = [1 + i * p for i in range(self.partitions)]
+        return starts + [max(1 + self.users, starts[-1] + 1)]
+
+    @property
+    def day0(self) -> int:
+        """``as_of`` as days since the epoch."""
+        return (self.as_of - dt.date(1970, 1, 1)).days
+
+
+def _rng(cfg: SynthConfig, stream: int) -> np.random.Generator:
+    return np.random.default_rng([cfg.seed, stream])
+
+
+def _days(values: np.ndarray) -> pd.Series:
+    return pd.Series(np.asarray(values, "int64").astype("datetime64[D]")).dt.date
+
+
+def _snack_arrays(cfg: SynthConfig) -> dict[str, np.ndarray]:
+    rng = _rng(cfg, 10**9)
+    n = cfg.snacks
+    genre = rng.integers(0, len(GENRES), n)
+    quality = rng.normal(0.0, 0.6, n)
+    popularity = rng.lognormal(0.0, 0.7, n)
+    launched = cfg.day0 - rng.integers(30, 900, n)
+    kind = rng.random(n)
+    launched = np.where(kind < 0.06, cfg.day0 - rng.integers(0, 28, n), launched)  # new
+    launched = np.where((kind >= 0.06) & (kind < 0.09), cfg.day0 + rng.integers(1, 21, n), launched)
+    retired = np.full(n, -1)
+    r = rng.random(n)
+    retired = np.where(r < 0.05, cfg.day0 - rng.integers(1, 200, n), retired)
+    retired = np.where((r >= 0.05) & (r < 0.08), cfg.day0 + rng.integers(0, 14, n), retired)
+    retired = np.where((retired != -1) & (retired <= launched), launched + 30, retired)
+    return {"genre": genre, "quality": quality, "popularity": popularity,
+            "launched": launched, "retired": retired}
+
+
+def generate_snacks(cfg: SynthConfig) -> pd.DataFrame:
+    """The lineup (``snacks`` table)."""
+    a = _snack_arrays(cfg)
+    rng = _rng(cfg, 10**9 + 1)
+    n = cfg.snacks
+    ingredients: list[list[str] | None] = []
+    for _ in range(n):
+        k = int(rng.choice(4, p=[0.25, 0.35, 0.25, 0.15]))
+        if k == 0 and rng.random() < 0.5:
+            ingredients.append(None)
+        else:
+            ingredients.append(sorted(rng.choice(INGREDIENTS, k, replace=False).tolist()))
+    genre = np.array(GENRES, dtype=object)[a["genre"]]
+    return pd.DataFrame(
+        {
+            "snack_id": np.arange(1, n + 1, dtype=np.int32),
+            "name": [f"{g.replace('_', ' ')} #{i}" for i, g in enumerate(genre, start=1)],
+            "genre": genre,
+            "ingredients": ingredients,
+            "launched_on": _days(a["launched"]),
+            "retired_on": [None if r == -1 else d for r, d in zip(a["retired"], _days(a["retired"]))],
+        }
+    )
+
+
+def generate_stock(cfg: SynthConfig) -> pd.DataFrame:
+    """Units on hand: near the expected demand, some short, a few snacks without a row."""
+    a = _snack_arrays(cfg)
+    rng = _rng(cfg, 10**9 + 2)
+    share = a["popularity"] / a["popularity"].sum()
+    expected = cfg.users * 0.85 * 7.5 * share
+    quantity = rng.poisson(np.maximum(expected * rng.uniform(0.6, 1.6, cfg.snacks), 1.0))
+    keep = rng.random(cfg.snacks) > 0.03
+    return pd.DataFrame(
+        {"snack_id": np.arange(1, cfg.snacks + 1, dtype=np.int32)[keep],
+         "quantity": quantity[keep].astype(np.int32)}
+    )
+
+
+def _distinct_sample(rng: np.random.Generator, weights: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row u, ``counts[u]`` distinct columns drawn by weight (Gumbel top-k).
+
+    Returns ``(row, column, rank)``: rank is the draw order 0.. within the row.
+    """
+    n_u, n_s = len(counts), len(weights)
+    if n_u == 0:
+        e = np.zeros(0, np.int64)
+        return e, e, e
+    keys = np.log(weights)[None, :].astype(np.float32) - np.log(
+        -np.log(rng.random((n_u, n_s), dtype=np.float32) * 0.999999 + 1e-7)
+    )
+    rank = np.argsort(np.argsort(-keys, axis=1), axis=1)
+    take = rank < np.minimum(counts, n_s)[:, None]
+    row, col = np.nonzero(take)
+    return row, col, rank[row, col]
+
+
+def generate_partition(cfg: SynthConfig, index: int) -> dict[str, pd.DataFrame]:
+    """All user-keyed tables for partition ``index`` (rows sorted by ``user_id``)."""
+    bounds = cfg.bounds
+    lo, hi = bounds[index], bounds[index + 1]
+    uid = np.arange(lo, min(hi, cfg.users + 1), dtype=np.int64)
+    n = len(uid)
+    rng = _rng(cfg, index)
+    snacks = _snack_arrays(cfg)
+    s = cfg.snacks
+    weights = snacks["popularity"]
+
+    # users
+    status_draw = rng.random(n)
+    status = np.where(status_draw < 0.86, "active", np.where(status_draw < 0.95, "paused", "cancelled"))
+    next_day = cfg.day0 + rng.integers(0, 14, n)
+    has_date = (status == "active") | ((status == "paused") & (rng.random(n) < 0.5))
+    box_draw = rng.random(n)
+    box = np.where(box_draw < 0.7, 0, np.where(box_draw < 0.9, 8, rng.choice([4, 6, 10, 12], n)))
+    users = pd.DataFrame(
+        {
+            "user_id": uid,
+            "status": status.astype(object),
+            "next_delivery_on": pd.Series(np.where(has_date, next_day, 0).astype("datetime64[D]"))
+            .dt.date.where(has_date, None),
+            "box_size": pd.array(np.where(box == 0, pd.NA, box), dtype="Int16"),
+        }
+    )
+    k = np.where(box == 0, 8, box)
+
+    # deliveries: a box every 2 or 4 weeks, going back `tenure` boxes from the next date
+    cadence = np.where(rng.random(n) < 0.7, 14, 28)
+    tenure = np.minimum(rng.geometric(0.12, n) - 1, 24)
+    tenure = np.where(rng.random(n) < 0.1, 0, tenure)
+    total = np.minimum(tenure * k, s - 1)
+    row, col, rank = _distinct_sample(rng, weights, total)
+    box_no = rank // k[row] + 1
+    deliveries = pd.DataFrame(
+        {
+            "user_id": uid[row],
+            "snack_id": (col + 1).astype(np.int64),
+            "delivered_on": _days(next_day[row] - box_no * cadence[row]),
+        }
+    )
+
+    # ratings: 0-200 per user, skewed; values shifted by snack quality
+    n_ratings = np.minimum(np.floor(rng.lognormal(3.2, 1.0, n)), 200).astype(np.int64)
+    n_ratings = np.where(rng.random(n) < 0.08, 0, n_ratings)
+    row, col, _ = _distinct_sample(rng, weights, n_ratings)
+    latent = snacks["quality"][col] + rng.normal(0, 1.0, len(col))
+    rating = np.digitize(latent, [-1.0, -0.2, 0.8]) + 1
+    age_days = rng.integers(0, 365, len(col))
+    rated_at = (cfg.day0 - age_days) * _NS_PER_DAY + rng.integers(0, _NS_PER_DAY // 1000, len(col)) * 1000
+    rerate = rng.random(len(col)) < 0.03  # some pairs rated twice: the later rating wins
+    ratings = pd.DataFrame(
+        {
+            "user_id": np.concatenate([uid[row], uid[row[rerate]]]),
+            "snack_id": np.concatenate([col + 1, col[rerate] + 1]).astype(np.int64),
+            "rating": np.concatenate([rating, rng.integers(1, 5, rerate.sum())]).astype(np.int8),
+            "rated_at": pd.to_datetime(
+                np.concatenate([rated_at, rated_at[rerate] - rng.integers(1, 90, rerate.sum())
+                                * _NS_PER_DAY]), utc=True
+            ),
+        }
+    )
+
+    # NG lists 0-60, avoided ingredients 0-3, favourite genres 0-3, a few requests
+    n_ng = np.where(rng.random(n) < 0.45, 0, np.minimum(rng.geometric(0.12, n), 60))
+    row, col, _ = _distinct_sample(rng, np.ones(s), n_ng)
+    ng = pd.DataFrame({"user_id": uid[row], "snack_id": (col + 1).astype(np.int64)})
+    n_avoid = rng.choice(4, n, p=[0.6, 0.25, 0.1, 0.05])
+    row, col, _ = _distinct_sample(rng, np.ones(len(INGREDIENTS)), n_avoid)
+    avoid = pd.DataFrame({"user_id": uid[row], "ingredient": np.array(INGREDIENTS, object)[col]})
+    n_fav = rng.choice(4, n, p=[0.3, 0.35, 0.25, 0.1])
+    row, col, _ = _distinct_sample(rng, np.ones(len(GENRES)), n_fav)
+    prefs = pd.DataFrame({"user_id": uid[row], "genre": np.array(GENRES, object)[col]})
+    n_req = np.minimum(rng.poisson(0.4, n), 5)
+    row, col, _ = _distinct_sample(rng, weights, n_req)
+    requested_at = (cfg.day0 - rng.integers(1, 120, len(col))) * _NS_PER_DAY + rng.integers(
+        0, _NS_PER_DAY // 1000, len(col)) * 1000
+    requests = pd.DataFrame(
+        {"user_id": uid[row], "snack_id": (col + 1).astype(np.int64),
+         "requested_at": pd.to_datetime(requested_at, utc=True)}
+    )
+    tables = {"users": users, "ratings": ratings, "deliveries": deliveries, "ng_snacks": ng,
+              "avoid_ingredients": avoid, "genre_prefs": prefs, "requests": requests}
+    return {name: tables[name].sort_values("user_id", kind="stable").reset_index(drop=True)
+            for name in USER_KEYED}
+
+
+def _write_one(cfg: SynthConfig, url: str, index: int, storage_options: Mapping[str, Any]) -> dict[str, int]:
+    return write_user_partition(url, index, generate_partition(cfg, index), storage_options)
+
+
+def write_lake(
+    cfg: SynthConfig,
+    url: str,
+    *,
+    client: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, int]:
+    """Generate and write a whole lake, partitions in parallel on Dask.
+
+    A local lake is written next to its final place and renamed into it at the end;
+    on object stores ``_lake.json`` is written last. An existing lake at ``url`` is
+    replaced.
+
+    Returns:
+        Rows written per table.
+    """
+    import dask
+    import fsspec
+
+    storage_options = dict(storage_options or {})
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    target = url
+    if local:
+        path = os.path.abspath(path)
+        parent, name = os.path.split(path.rstrip("/"))
+        os.makedirs(parent, exist_ok=True)
+        target = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        write_small_table(target, "snacks", generate_snacks(cfg), storage_options)
+        write_small_table(target, "stock", generate_stock(cfg), storage_options)
+        tasks = [dask.delayed(_write_one, pure=False)(cfg, target, i, storage_options)
+                 for i in range(cfg.partitions)]
+        if client is not None:
+            futures = client.compute(tasks)
+            if progress:
+                from distributed import progress as show
+
+                show(futures)
+                print()
+            counts = client.gather(futures)
+        else:
+            counts = dask.compute(*tasks)
+        write_manifest(target, cfg.bounds, storage_options,
+                       source={"synth": {"users": cfg.users, "snacks": cfg.snacks,
+                                         "seed": cfg.seed, "as_of": cfg.as_of.isoformat()}})
+        if local:
+            if os.path.exists(path):
+                old = f"{target}.old"
+                os.rename(path, old)
+                os.rename(target, path)
+                shutil.rmtree(old)
+            else:
+                os.rename(target, path)
+    except BaseException:
+        if local and os.path.exists(target):
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    rows = {"snacks": cfg.snacks}
+    for c in counts:
+        for k, v in c.items():
+            rows[k] = rows.get(k, 0) + v
+    return rows
+
