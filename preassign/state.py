@@ -320,11 +320,12 @@ def build_user_state(
 
     # deliveries: ever, and inside [d - repeat_window_days, d - 1]
     row, col, hit = rows_cols("deliveries")
-    on = tables["deliveries"]["delivered_on"].to_numpy(np.int32)
+    on = tables["deliveries"]["delivered_on"].to_numpy(np.int32)[hit]
+    row, col = row[hit], col[hit]
     delivered_ever = np.zeros((n_u, n_s), bool)
-    delivered_ever[row[hit], col[hit]] = True
-    d = day[row]
-    recent = hit & (on >= d - params.repeat_window_days) & (on <= d - 1)
+    delivered_ever[row, col] = True
+    d = day[row].astype(np.int64)
+    recent = (on >= d - params.repeat_window_days) & (on <= d - 1)
     delivered_recent = np.zeros((n_u, n_s), bool)
     delivered_recent[row[recent], col[recent]] = True
 
@@ -357,10 +358,11 @@ def build_user_state(
 
     # requests whose UTC date is in [d - request_window_days, d - 1]; earliest per pair
     row, col, hit = rows_cols("requests")
-    at = tables["requests"]["requested_at"].to_numpy(np.int64)
+    at = tables["requests"]["requested_at"].to_numpy(np.int64)[hit]
+    row, col = row[hit], col[hit]
     req_day = np.floor_divide(at, _NS_PER_DAY)
     d = day[row].astype(np.int64)
-    ok = hit & (req_day >= d - params.request_window_days) & (req_day <= d - 1)
+    ok = (req_day >= d - params.request_window_days) & (req_day <= d - 1)
     row, col, at = row[ok], col[ok], at[ok]
     order = np.lexsort((at, col, row))
     row, col, at = row[order], col[order], at[order]

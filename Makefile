@@ -1,0 +1,42 @@
+# preassign: `make demo` and `make test` work on a fresh machine with Python 3.11 and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATE   ?= 2026-12-01
+UNTIL  ?= 2026-12-14
+USERS  ?= 100000
+
+.PHONY: help install demo test test-all lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): requirements-dev.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+install: $(STAMP)  ## create .venv with the locked dependencies
+
+demo: $(STAMP)  ## synthetic lake of 100k users under data/, then a two-week pre-assignment
+	@test -f data/lake/_lake.json || $(BIN)/preassign synth --out data/lake --users $(USERS) --date $(DATE) --loglevel WARNING
+	$(BIN)/preassign run --lake data/lake --date $(DATE) --until $(UNTIL) --out data/run --overwrite --loglevel WARNING
+
+test: $(STAMP)  ## the default test suite (about 10 minutes on 2 cores)
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP)  ## everything, including tests marked slow
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+bench: $(STAMP)  ## benchmarks (see benchmarks/README.md)
+	$(BIN)/python -m benchmarks.run
+
+lock:  ## re-resolve the locks from pyproject.toml (needs uv)
+	uv pip compile pyproject.toml --python-version 3.11 -o requirements.lock
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 -c requirements.lock -o requirements-dev.lock
+
+clean:  ## remove generated data and the virtualenv
+	rm -rf data $(VENV)

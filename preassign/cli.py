@@ -1,0 +1,331 @@
+"""Command line: ``preassign synth``, ``preassign run`` (and the source commands).
+
+Exit codes (documented in the README, "Operations"):
+
+* 0 - success
+* 1 - bad input: the lake breaks the contract, a bad ``--set``, the output exists
+* 2 - bad usage (unknown option, missing argument) - click's own
+* 3 - infrastructure failure: cluster, workers, storage or database unreachable
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from .params import ParamError, Params, parse_overrides
+
+EXIT_BAD_INPUT = 1
+EXIT_INFRA = 3
+
+log = logging.getLogger("preassign")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class BadInput(click.ClickException):
+    """A failure the user can fix in their input (exit 1)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class InfraFailure(click.ClickException):
+    """The cluster, storage or database failed (exit 3)."""
+
+    exit_code = EXIT_INFRA
+
+
+def _setup_logging(level: str, logfile: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if logfile:
+        handlers.append(logging.FileHandler(logfile))
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    import distributed  # noqa: F401 - configures its loggers on import; quieten them after
+
+    for noisy in ("distributed", "bokeh", "tornado", "asyncio", "fsspec", "s3fs", "botocore",
+                  "aiobotocore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _parse_date(_ctx: Any, param: click.Parameter, value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a date YYYY-MM-DD, got {value!r}", param=param) from None
+
+
+def _storage_options(items: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs -> s3fs storage options (``endpoint_url`` is understood)."""
+    opts: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--storage-option")
+        if key in ("key", "secret", "token", "aws_access_key_id", "aws_secret_access_key"):
+            raise click.BadParameter(
+                f"{key!r} is a secret: use the AWS credential chain (environment, profile, "
+                "instance or task role) instead of the command line",
+                param_hint="--storage-option",
+            )
+        parsed: Any = value
+        if value.lower() in ("true", "false"):
+            parsed = value.lower() == "true"
+        if key == "endpoint_url":
+            opts.setdefault("client_kwargs", {})["endpoint_url"] = value
+            continue
+        opts[key] = parsed
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "endpoint_url" not in opts.get("client_kwargs", {}):
+        opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
+    return opts
+
+
+def _interactive(silent: bool) -> bool:
+    return not silent and sys.stdout.isatty()
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="preassign")
+def main() -> None:
+    """Pre-assign snack boxes on Dask and count the demand per snack.
+
+    \b
+    Quick start:
+      preassign synth --out data/lake --users 100000 --date 2026-12-01
+      preassign run --lake data/lake --date 2026-12-01 --until 2026-12-14 --out data/run
+    """
+
+
+_common_logging = [
+    click.option("--loglevel", default="INFO", show_default=True,
+                 type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+                 help="Log level of the structured log lines written to stderr."),
+    click.option("--logfile", type=click.Path(dir_okay=False, writable=True),
+                 help="Also append the log lines to this file."),
+    click.option("--silent", is_flag=True, help="No progress bars, even on a terminal."),
+]
+
+_cluster_options = [
+    click.option("--cluster", "cluster_kind", default="local", show_default=True,
+                 help="'local' (a LocalCluster), 'fargate' (ECS Fargate), or a scheduler "
+                      "address such as tcp://10.0.0.5:8786."),
+    click.option("--workers", type=click.IntRange(min=1),
+                 help="Number of workers (default: local - one per core; fargate - from "
+                      "cluster/defaults.yaml)."),
+    click.option("--threads-per-worker", type=click.IntRange(min=1),
+                 help="Threads per local worker (default 1: the kernels hold the GIL rarely, "
+                      "processes scale better)."),
+    click.option("--memory-limit", help="Memory limit per local worker, e.g. 4GiB (default: "
+                                        "machine memory / workers)."),
+    click.option("--worker-cpu", type=click.IntRange(min=256),
+                 help="Fargate CPU units per worker (1024 = 1 vCPU)."),
+    click.option("--worker-mem", type=click.IntRange(min=512),
+                 help="Fargate memory per worker, in MiB."),
+    click.option("--adapt", metavar="MIN:MAX", help="Adaptive scaling between MIN and MAX workers."),
+    click.option("--image", help="Container image for Fargate scheduler and workers."),
+]
+
+
+def _apply(options: list) -> Any:
+    def wrap(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap
+
+
+def _cluster_spec(kind: str, workers: int | None, threads: int | None, memory: str | None,
+                  cpu: int | None, mem: int | None, adapt: str | None, image: str | None) -> Any:
+    from .cluster import ClusterSpec, parse_adapt
+
+    try:
+        adapt_range = parse_adapt(adapt) if adapt else None
+        return ClusterSpec(kind=kind, workers=workers, threads_per_worker=threads,
+                           memory_limit=memory, worker_cpu=cpu, worker_mem=mem,
+                           adapt=adapt_range, image=image)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--out", required=True, help="Lake root to write: a directory or s3://bucket/prefix.")
+@click.option("--users", required=True, type=click.IntRange(min=0), help="Number of users.")
+@click.option("--snacks", default=300, show_default=True, type=click.IntRange(min=1),
+              help="Number of snacks in the lineup.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+@click.option("--date", "as_of", callback=_parse_date, default=None,
+              help="'Today' of the lake: deliveries are spread over the two weeks from it "
+                   "[default: today, UTC].")
+@click.option("--users-per-partition", default=50_000, show_default=True,
+              type=click.IntRange(min=1), help="Users per co-partitioned file.")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec/s3fs option, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable).")
+@_apply(_cluster_options[:4])
+@_apply(_common_logging)
+def synth(out: str, users: int, snacks: int, seed: int, as_of: dt.date | None,
+          users_per_partition: int, storage_option: tuple[str, ...], cluster_kind: str,
+          workers: int | None, threads_per_worker: int | None, memory_limit: str | None,
+          loglevel: str, logfile: str | None, silent: bool) -> None:
+    """Generate a deterministic synthetic lake (SPEC §2), co-partitioned by user.
+
+    \b
+    Example:
+      preassign synth --out data/lake --users 100000 --date 2026-12-01
+    """
+    from .synth import SynthConfig, write_lake
+
+    _setup_logging(loglevel, logfile)
+    cfg = SynthConfig(users=users, snacks=snacks, seed=seed,
+                      as_of=as_of or dt.datetime.now(dt.timezone.utc).date(),
+                      users_per_partition=users_per_partition)
+    spec = _cluster_spec(cluster_kind, workers, threads_per_worker, memory_limit,
+                         None, None, None, None)
+    opts = _storage_options(storage_option)
+    log.info("event=synth_start users=%d snacks=%d partitions=%d out=%s", users, snacks,
+             cfg.partitions, out)
+    rows = _with_cluster(spec, lambda client: write_lake(
+        cfg, out, client=client, storage_options=opts, progress=_interactive(silent)))
+    log.info("event=synth_done %s", " ".join(f"{k}={v}" for k, v in rows.items()))
+    click.echo(f"wrote lake {out}: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+
+
+def _with_cluster(spec: Any, work: Any) -> Any:
+    from .cluster import open_client
+
+    try:
+        cm = open_client(spec)
+        client = cm.__enter__()
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        raise InfraFailure(f"could not start or reach the Dask cluster ({spec.kind}): {exc}") from exc
+    try:
+        result = work(client)
+    except BaseException:
+        cm.__exit__(*sys.exc_info())
+        raise
+    cm.__exit__(None, None, None)
+    return result
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--lake", help="Lake root: a directory or s3://bucket/prefix.")
+@click.option("--date", "date_from", required=True, callback=_parse_date,
+              help="Delivery date to pre-assign (YYYY-MM-DD), or the first of a range.")
+@click.option("--until", "date_to", callback=_parse_date,
+              help="Last delivery date of the range (inclusive) [default: --date].")
+@click.option("--out", required=True, help="Output location: a directory or s3://bucket/prefix.")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help=f"Override a rule parameter (repeatable). Names: {', '.join(Params.names())}.")
+@click.option("--on-invalid", type=click.Choice(["raise", "drop"]), default="raise",
+              show_default=True,
+              help="Invalid rows in the lake: fail the run, or drop them and count them.")
+@click.option("--overwrite", is_flag=True, help="Replace a complete output already at --out.")
+@click.option("--users-per-partition", default=50_000, show_default=True,
+              type=click.IntRange(min=1),
+              help="Partition size when the lake has no co-partitioned layout.")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec/s3fs option for the lake and the output (repeatable).")
+@_apply(_cluster_options)
+@_apply(_common_logging)
+def run(lake: str | None, date_from: dt.date, date_to: dt.date | None, out: str,
+        overrides: tuple[str, ...], on_invalid: str, overwrite: bool, users_per_partition: int,
+        storage_option: tuple[str, ...], cluster_kind: str, workers: int | None,
+        threads_per_worker: int | None, memory_limit: str | None, worker_cpu: int | None,
+        worker_mem: int | None, adapt: str | None, image: str | None, loglevel: str,
+        logfile: str | None, silent: bool) -> None:
+    """Pre-assign every active user's box for a date (range) and count demand per snack.
+
+    Writes assignments/, demand/, shortage/ and summary.json under --out, all at once
+    when the run has succeeded.
+
+    \b
+    Example:
+      preassign run --lake data/lake --date 2026-12-01 --until 2026-12-14 \\
+          --out data/run --set max_requests=1 --workers 2
+    """
+    from .contract import LakeError
+    from .lake import OutputExistsError
+    from .pipeline import RunConfig, run_preassignment
+
+    _setup_logging(loglevel, logfile)
+    if lake is None:
+        raise click.UsageError("give --lake")
+    try:
+        params = Params.from_mapping(parse_overrides(overrides))
+    except ParamError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from None
+    opts = _storage_options(storage_option)
+    try:
+        config = RunConfig(lake=lake, date_from=date_from, date_to=date_to or date_from, out=out,
+                           params=params, storage_options=opts, on_invalid=on_invalid,
+                           overwrite=overwrite, users_per_partition=users_per_partition)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    spec = _cluster_spec(cluster_kind, workers, threads_per_worker, memory_limit, worker_cpu,
+                         worker_mem, adapt, image)
+
+    def stage(name: str, seconds: float) -> None:
+        log.info("event=stage_done stage=%s seconds=%.3f", name, seconds)
+
+    log.info("event=run_start lake=%s date_from=%s date_to=%s out=%s", lake, config.date_from,
+             config.date_to, out)
+    try:  # fail fast, before a cluster is started
+        from .lake import Output, open_lake
+
+        Output(out, opts, overwrite=overwrite).check_writable()
+        open_lake(lake, opts)
+    except (LakeError, OutputExistsError) as exc:
+        log.error("event=run_failed kind=bad_input error=%s", exc)
+        raise BadInput(str(exc)) from None
+    try:
+        result = _with_cluster(spec, lambda client: run_preassignment(
+            config, client, progress=_interactive(silent), on_stage=stage))
+    except (LakeError, OutputExistsError) as exc:
+        log.error("event=run_failed kind=bad_input error=%s", exc)
+        raise BadInput(str(exc)) from None
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        log.error("event=run_failed kind=infrastructure error=%s", exc)
+        raise InfraFailure(f"{type(exc).__name__}: {exc}") from None
+    s = result.summary
+    log.info("event=run_done users_targeted=%d boxes_full=%d boxes_short=%d units_total=%d",
+             s["users_targeted"], s["boxes_full"], s["boxes_short"], s["units_total"])
+    _print_result(result)
+
+
+def _print_result(result: Any, top: int = 10) -> None:
+    s = result.summary
+    click.echo(
+        f"{s['users_targeted']:,} users targeted, {s['boxes_full']:,} boxes full, "
+        f"{s['boxes_short']:,} short, {s['units_total']:,} units "
+        f"({s['date_from']} .. {s['date_to']}, {s['stage_seconds']['total']:.1f} s)"
+    )
+    if len(result.demand):
+        busiest = (result.demand.groupby("snack_id")["units"].sum().sort_values(ascending=False)
+                   .head(top).reset_index())
+        click.echo(f"\nBusiest snacks (units over the run, top {len(busiest)}):")
+        click.echo(busiest.to_string(index=False))
+    if result.shortage is not None:
+        short = result.shortage[result.shortage["shortage"] > 0].sort_values(
+            ["shortage", "snack_id"], ascending=[False, True])
+        click.echo(f"\nShortage: {len(short)} snacks short"
+                   + (f" (top {min(top, len(short))})" if len(short) else ""))
+        if len(short):
+            click.echo(short.head(top).to_string(index=False))
+    click.echo(f"\nOutputs: {result.out}/ (assignments/, demand/, shortage/, summary.json)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

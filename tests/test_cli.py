@@ -1,0 +1,111 @@
+"""The command line: exit codes, messages, help."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+from lakes import write_tables
+from reference import worked_example_tables
+
+from preassign.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def _run_args(lake, out, *extra):
+    return ["run", "--lake", lake, "--date", "2026-12-01", "--out", out, "--workers", "1",
+            "--silent", "--loglevel", "WARNING", *extra]
+
+
+def test_run_on_a_local_cluster_prints_demand_and_exits_0(runner, worked_lake, tmp_path):
+    out = str(tmp_path / "out")
+    result = runner.invoke(main, _run_args(worked_lake, out))
+    assert result.exit_code == 0, result.output
+    assert "2 users targeted, 1 boxes full, 1 short, 5 units" in result.output
+    assert "Busiest snacks" in result.output and "Shortage: 3 snacks short" in result.output
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["cluster"]["workers"] == 1
+    # a second run refuses to overwrite a complete output...
+    again = runner.invoke(main, _run_args(worked_lake, out))
+    assert again.exit_code == 1
+    assert "already holds a complete run" in again.output and "--overwrite" in again.output
+    # ...unless asked to, and then the parameters given are recorded
+    again = runner.invoke(main, _run_args(worked_lake, out, "--overwrite", "--set", "max_requests=1",
+                                          "--set", "explore_slots=0"))
+    assert again.exit_code == 0, again.output
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["parameters"]["max_requests"] == 1
+
+
+@pytest.mark.parametrize(
+    "extra, code, message",
+    [
+        (["--set", "max_request=1"], 2, "unknown rule parameter 'max_request'"),
+        (["--set", "max_per_genre=0"], 2, "must be >= 1"),
+        (["--set", "explore_slots"], 2, "expected NAME=VALUE"),
+        (["--until", "2026-11-01"], 2, "is before --date"),
+        (["--workers", "0"], 2, "--workers"),
+        (["--storage-option", "secret=abc"], 2, "credential chain"),
+        (["--adapt", "5:2"], 2, "adapt"),
+    ],
+    ids=["unknown-param", "bad-value", "no-equals", "until-before", "workers-0", "secret-option",
+         "adapt-range"],
+)
+def test_bad_usage_exits_2(runner, worked_lake, tmp_path, extra, code, message):
+    result = runner.invoke(main, _run_args(worked_lake, str(tmp_path / "out"), *extra))
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_date_exits_2(runner, worked_lake, tmp_path):
+    result = runner.invoke(main, ["run", "--lake", worked_lake, "--date", "12/01/2026", "--out",
+                                  str(tmp_path / "o")])
+    assert result.exit_code == 2 and "expected a date YYYY-MM-DD" in result.output
+
+
+def test_bad_lake_exits_1(runner, tmp_path):
+    result = runner.invoke(main, _run_args(str(tmp_path / "nowhere"), str(tmp_path / "out")))
+    assert result.exit_code == 1
+    assert "Error: lake" in result.output and "does not exist" in result.output
+
+
+def test_invalid_values_exit_1_naming_the_problem(runner, tmp_path):
+    tables = worked_example_tables()
+    tables["users"].loc[0, "status"] = "frozen"
+    lake = write_tables(tables, str(tmp_path / "lake"))
+    result = runner.invoke(main, _run_args(lake, str(tmp_path / "out")))
+    assert result.exit_code == 1, result.output
+    assert "table 'users', column 'status': 1 row have a status outside" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_synth_then_run(runner, tmp_path):
+    lake = str(tmp_path / "lake")
+    result = runner.invoke(main, ["synth", "--out", lake, "--users", "500", "--date", "2026-12-01",
+                                  "--users-per-partition", "200", "--workers", "1", "--silent",
+                                  "--loglevel", "WARNING"])
+    assert result.exit_code == 0, result.output
+    assert os.path.exists(os.path.join(lake, "_lake.json"))
+    assert sorted(os.listdir(os.path.join(lake, "ratings"))) == [
+        "part.00000.parquet", "part.00001.parquet", "part.00002.parquet"]
+    result = runner.invoke(main, _run_args(lake, str(tmp_path / "out"), "--until", "2026-12-14"))
+    assert result.exit_code == 0, result.output
+    assert "users targeted" in result.output
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["synth"]])
+def test_help_has_an_example_and_every_option_is_documented(runner, command):
+    result = runner.invoke(main, [*command, "-h"])
+    assert result.exit_code == 0
+    assert "preassign" in result.output
+    cmd = main if not command else main.commands[command[0]]
+    for param in cmd.params:
+        if hasattr(param, "help") and param.name not in ("help", "version"):
+            assert param.help, f"{command} option {param.name} has no help"
