@@ -67,6 +67,10 @@ DEMAND_SCHEMA = pa.schema(
 SHORTAGE_SCHEMA = pa.schema(
     [("snack_id", pa.int64()), ("units", pa.int64()), ("stock", pa.int64()), ("shortage", pa.int64())]
 )
+PRIOR_SCHEMA = pa.schema(
+    [("snack_id", pa.int64()), ("genre", pa.string()), ("ratings_count", pa.int64()),
+     ("ratings_sum", pa.int64()), ("prior", pa.float64())]
+)
 _INTERNAL_META = pd.DataFrame(
     {
         "delivery_on": np.zeros(0, np.int32),
@@ -370,6 +374,14 @@ def run_preassignment(
         output.write_frame("demand/part.0.parquet", demand_out, DEMAND_SCHEMA)
         if shortage is not None:
             output.write_frame("shortage/part.0.parquet", shortage, SHORTAGE_SCHEMA)
+        output.write_frame("snack_prior/part.0.parquet", pd.DataFrame({
+            "snack_id": catalog.snack_id,
+            "genre": np.array(catalog.genres, dtype=object)[catalog.genre] if catalog.size
+            else np.zeros(0, object),
+            "ratings_count": stats.rating_count,
+            "ratings_sum": stats.rating_sum,
+            "prior": prior,
+        }), PRIOR_SCHEMA)
         units_total = int(demand["units"].sum())
         orphan_rows = {name: int(stats.orphan_rows.get(name, 0)) for name in USER_KEYED[1:]}
         input_rows = {name: int({**stats.input_rows, **small_rows}.get(name, 0))
