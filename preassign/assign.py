@@ -26,9 +26,17 @@ import numpy as np
 import pandas as pd
 
 from .params import Params
-from .state import SnackCatalog, UserState
+from .state import SnackCatalog, SparseState, UserState
 
-__all__ = ["STAGES", "jitter", "score_matrix", "explore_key_matrix", "assign_snacks", "snack_prior"]
+__all__ = [
+    "STAGES",
+    "jitter",
+    "score_matrix",
+    "explore_key_matrix",
+    "assign_snacks",
+    "assign_snacks_sparse",
+    "snack_prior",
+]
 
 STAGES = ("request", "preference", "explore", "fallback")
 
@@ -225,6 +233,51 @@ def assign_snacks(
             "slot": slot.astype(np.int16),
             "snack_id": catalog.snack_id[col] if n_s else np.zeros(0, np.int64),
             "stage": stage,
+            "box_size": state.box_size[row].astype(np.int16),
+        }
+    )
+
+
+def assign_snacks_sparse(
+    state: SparseState, catalog: SnackCatalog, prior: np.ndarray, params: Params
+) -> pd.DataFrame:
+    """:func:`assign_snacks` computed by the compiled kernel from the sparse state.
+
+    Same result, same frame; the tests hold the two equal on random lakes.
+    """
+    from .kernel import assign_partition
+    from .state import ingredient_words
+
+    n_s = catalog.size
+    bits = _bits(n_s)
+    n_g = max(len(catalog.genres), 1)
+    favorite = state.favorite if state.favorite.shape[1] else np.zeros((state.n_users, 1), bool)
+    row, col, slot, stage, overflow = assign_partition(
+        state.user_id, state.delivery_on, state.box_size,
+        state.r_ptr, state.r_col, state.r_val, state.r_t,
+        state.d_ptr, state.d_col, state.d_day,
+        state.n_ptr, state.n_col,
+        state.q_ptr, state.q_col, state.q_t,
+        state.avoid_words, favorite,
+        catalog.snack_id, catalog.genre.astype(np.int64), catalog.launched_on.astype(np.int64),
+        catalog.retired_on.astype(np.int64), np.asarray(prior, np.float64),
+        ingredient_words(catalog),
+        bits, params.max_requests, params.request_window_days, params.repeat_window_days,
+        params.explore_slots, params.max_per_genre,
+        float(params.own_weight_2), float(params.own_weight_3), float(params.own_weight_4),
+        float(params.genre_weight), float(params.favorite_genre_bonus), params.new_days,
+        float(params.new_bonus), float(params.explore_jitter), n_g,
+    )
+    if overflow:
+        raise OverflowError(
+            "a score or explore key is too large to order exactly; check the rule parameters")
+    return pd.DataFrame(
+        {
+            "delivery_on": state.delivery_on[row].astype(np.int32),
+            "user_id": state.user_id[row],
+            "slot": slot.astype(np.int16),
+            "snack_id": catalog.snack_id[col] if n_s else np.zeros(0, np.int64),
+            "stage": stage.astype(np.int8),
             "box_size": state.box_size[row].astype(np.int16),
         }
     )

@@ -348,6 +348,15 @@ def normalize_table(
 
     for col, kind in spec.columns.items():
         series = raw[col]
+        if n == 0:  # an empty table: whatever type the writer gave its columns
+            out[col] = np.zeros(0, object if kind in ("str", "list") else _NP_KIND[kind])
+            if col == "rating":
+                out[col] = out[col].astype(np.int8)
+            elif col in ("status",):
+                out[col] = np.zeros(0, np.int8)
+            elif col == "box_size":
+                out[col] = np.zeros(0, np.int32)
+            continue
         if kind in ("id", "int"):
             values, nulls = _to_int(name, col, kind, series)
         elif kind == "date":

@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import __version__
-from .assign import STAGES, assign_snacks, snack_prior
+from .assign import STAGES, assign_snacks, assign_snacks_sparse, snack_prior
 from .contract import TABLES, USER_KEYED, LakeError, dedupe_keyed, normalize_table
 from .demand import DEMAND_COLUMNS, combine_demand, compute_shortage, count_demand
 from .lake import Lake, Output, open_lake, read_small_table, read_user_tables
@@ -42,6 +42,7 @@ from .state import (
     PartitionStats,
     SnackCatalog,
     build_catalog,
+    build_sparse_state,
     build_user_state,
     prepare_partition,
     summarize_partition,
@@ -96,8 +97,11 @@ class RunConfig:
     on_invalid: str = "raise"
     overwrite: bool = False
     users_per_partition: int = 50_000
+    engine: str = "numba"
 
     def __post_init__(self) -> None:
+        if self.engine not in ("numba", "numpy"):
+            raise ValueError(f"engine must be 'numba' or 'numpy', got {self.engine!r}")
         if self.date_to < self.date_from:
             raise ValueError(f"--until {self.date_to} is before --date {self.date_from}")
         if self.on_invalid not in ("raise", "drop"):
@@ -179,12 +183,13 @@ def _scan_partition(
     date_from: dt.date,
     date_to: dt.date,
     on_invalid: str,
+    engine: str,
     *parts: pd.DataFrame,
 ) -> PartitionStats:
     raw = dict(zip(USER_KEYED, parts))
     tables, input_rows, orphans, problems = prepare_partition(raw, catalog, on_invalid=on_invalid)
     _check_bounds(tables, bounds, index)
-    sums, counts, targeted = summarize_partition(tables, catalog, date_from, date_to)
+    sums, counts, targeted = summarize_partition(tables, catalog, date_from, date_to, engine)
     invalid: dict[str, int] = {}
     for p in problems:
         invalid[p.table] = invalid.get(p.table, 0) + p.count
@@ -199,9 +204,13 @@ def _assign_partition(
     date_to: dt.date,
     params: Params,
     on_invalid: str,
+    engine: str,
 ) -> pd.DataFrame:
     raw = dict(zip(USER_KEYED, parts))
     tables, _, _, _ = prepare_partition(raw, catalog, on_invalid=on_invalid)
+    if engine == "numba":
+        sparse = build_sparse_state(tables, catalog, date_from, date_to, params)
+        return assign_snacks_sparse(sparse, catalog, prior, params)
     state = build_user_state(tables, catalog, date_from, date_to, params)
     return assign_snacks(state, catalog, prior, params)
 
@@ -324,6 +333,7 @@ def run_preassignment(
             config.date_from,
             config.date_to,
             config.on_invalid,
+            config.engine,
             *[delayed_parts[name][i] for name in USER_KEYED],
         )
         for i in range(npart)
@@ -348,6 +358,7 @@ def run_preassignment(
             date_to=config.date_to,
             params=config.params,
             on_invalid=config.on_invalid,
+            engine=config.engine,
             meta=_INTERNAL_META,
             align_dataframes=False,
             enforce_metadata=False,

@@ -78,11 +78,7 @@ class SnackCatalog:
 
     def columns_of(self, snack_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Map snack ids to columns -> ``(column, known)``; unknown ids give ``known=False``."""
-        if self.size == 0:
-            return np.zeros(len(snack_ids), np.int64), np.zeros(len(snack_ids), bool)
-        col = np.searchsorted(self.snack_id, snack_ids)
-        col = np.minimum(col, self.size - 1)
-        return col, self.snack_id[col] == snack_ids
+        return lookup(self.snack_id, snack_ids)
 
 
 def build_catalog(snacks: pd.DataFrame) -> SnackCatalog:
@@ -173,8 +169,7 @@ def prepare_partition(
     for name in USER_KEYED[1:]:
         frame = tables[name]
         uid = frame["user_id"].to_numpy(np.int64)
-        pos = np.minimum(np.searchsorted(user_ids, uid), max(len(user_ids) - 1, 0))
-        keep = (user_ids[pos] == uid) if len(user_ids) else np.zeros(len(uid), bool)
+        keep = lookup(user_ids, uid)[1]
         if TABLES[name].has_snack:
             _, known = catalog.columns_of(frame["snack_id"].to_numpy(np.int64))
             keep &= known
@@ -213,13 +208,10 @@ def summarize_partition(
     catalog: SnackCatalog,
     date_from: dt.date,
     date_to: dt.date,
+    engine: str = "numpy",
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-snack sums and counts of latest ratings, and the number of target users."""
-    latest = latest_ratings(tables["ratings"])
-    col, _ = catalog.columns_of(latest["snack_id"].to_numpy(np.int64))
-    rating = latest["rating"].to_numpy(np.int64)
-    sums = np.bincount(col, weights=rating, minlength=catalog.size).astype(np.int64)
-    counts = np.bincount(col, minlength=catalog.size).astype(np.int64)
+    sums, counts = latest_rating_totals(tables, catalog, engine)
     return sums, counts, int(_target_mask(tables["users"], date_from, date_to).sum())
 
 
@@ -257,12 +249,34 @@ class UserState:
         return len(self.user_id)
 
 
+def lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``ids`` in ``sorted_ids`` (ascending, unique) -> ``(position, found)``.
+
+    Uses a dense lookup table when the ids span a compact range (the usual case:
+    one partition's users, a lineup's snacks), else a binary search.
+
+    Examples:
+        >>> lookup(np.array([3, 7, 9]), np.array([7, 8, 3]))
+        (array([1, 0, 0]), array([ True, False,  True]))
+    """
+    n = len(sorted_ids)
+    if n == 0 or len(ids) == 0:
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    lo, hi = int(sorted_ids[0]), int(sorted_ids[-1])
+    if hi - lo <= 16 * n + 4096:
+        table = np.full(hi - lo + 1, -1, np.int64)
+        table[sorted_ids - lo] = np.arange(n)
+        inside = (ids >= lo) & (ids <= hi)
+        pos = np.where(inside, table[np.clip(ids - lo, 0, hi - lo)], -1)
+        found = pos >= 0
+        return np.where(found, pos, 0), found
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), n - 1)
+    return pos, sorted_ids[pos] == ids
+
+
 def _rows_of(ids: np.ndarray, target_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map user ids to rows of ``target_ids`` (sorted) -> ``(row, is_target)``."""
-    if len(target_ids) == 0:
-        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
-    row = np.minimum(np.searchsorted(target_ids, ids), len(target_ids) - 1)
-    return row, target_ids[row] == ids
+    return lookup(target_ids, ids)
 
 
 def build_user_state(
@@ -384,3 +398,150 @@ def build_user_state(
         request_col=col[first],
         request_at=at[first],
     )
+
+
+# --------------------------------------------------------------------------------------------
+# the sparse form, for the compiled kernels (preassign.kernel)
+
+
+@dataclasses.dataclass
+class SparseState:
+    """A partition's target users with their rows grouped per user (CSR).
+
+    ``x_ptr[u]:x_ptr[u+1]`` indexes user row ``u``'s entries of table x; snack
+    references are catalog columns. Ratings keep every row (the kernel resolves the
+    latest); requests keep every row (the kernel applies the user's window).
+    """
+
+    user_id: np.ndarray
+    delivery_on: np.ndarray
+    box_size: np.ndarray
+    r_ptr: np.ndarray
+    r_col: np.ndarray
+    r_val: np.ndarray
+    r_t: np.ndarray
+    d_ptr: np.ndarray
+    d_col: np.ndarray
+    d_day: np.ndarray
+    n_ptr: np.ndarray
+    n_col: np.ndarray
+    q_ptr: np.ndarray
+    q_col: np.ndarray
+    q_t: np.ndarray
+    avoid_words: np.ndarray  # (U, W) uint64 bitmask over catalog.ingredients
+    favorite: np.ndarray  # (U, G) bool
+
+    @property
+    def n_users(self) -> int:
+        """Number of target users."""
+        return len(self.user_id)
+
+
+def ingredient_words(catalog: SnackCatalog) -> np.ndarray:
+    """``snacks x words`` uint64 bitmask of each snack's ingredients."""
+    return _pack_bits(catalog.has_ingredient)
+
+
+def _pack_bits(matrix: np.ndarray) -> np.ndarray:
+    n_rows, n_bits = matrix.shape
+    n_words = max(1, -(-n_bits // 64))
+    padded = np.zeros((n_rows, n_words * 64), bool)
+    padded[:, :n_bits] = matrix
+    weights = (np.uint64(1) << np.arange(64, dtype=np.uint64))
+    return (padded.reshape(n_rows, n_words, 64).astype(np.uint64) * weights).sum(
+        axis=2, dtype=np.uint64)
+
+
+def _csr(row: np.ndarray, n_rows: int, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Group entries by row: -> (ptr, *columns reordered); stable within a row."""
+    if len(row) and np.any(row[1:] < row[:-1]):
+        order = np.argsort(row, kind="stable")
+        row = row[order]
+        columns = tuple(c[order] for c in columns)
+    ptr = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(np.bincount(row, minlength=n_rows), out=ptr[1:])
+    return (ptr, *columns)
+
+
+def build_sparse_state(
+    tables: dict[str, pd.DataFrame],
+    catalog: SnackCatalog,
+    date_from: dt.date,
+    date_to: dt.date,
+    params: Params,
+) -> SparseState:
+    """The sparse counterpart of :func:`build_user_state` (same users, same order)."""
+    users = tables["users"]
+    target = _target_mask(users, date_from, date_to)
+    tusers = users.loc[target].sort_values("user_id", kind="stable")
+    uid = tusers["user_id"].to_numpy(np.int64)
+    day = tusers["next_delivery_on"].to_numpy(np.int32)
+    box = tusers["box_size"].to_numpy(np.int32)
+    box = np.where(box == 0, params.default_box_size, box).astype(np.int32)
+    n_u, n_g = len(uid), len(catalog.genres)
+
+    def grouped(name: str, *cols: str) -> tuple[np.ndarray, ...]:
+        frame = tables[name]
+        row, hit = _rows_of(frame["user_id"].to_numpy(np.int64), uid)
+        values = []
+        for c in cols:
+            v = frame[c].to_numpy()
+            if c == "snack_id":
+                v = catalog.columns_of(v.astype(np.int64))[0]
+            values.append(v[hit])
+        return _csr(row[hit], n_u, *values)
+
+    r_ptr, r_col, r_val, r_t = grouped("ratings", "snack_id", "rating", "rated_at")
+    d_ptr, d_col, d_day = grouped("deliveries", "snack_id", "delivered_on")
+    n_ptr, n_col = grouped("ng_snacks", "snack_id")
+    q_ptr, q_col, q_t = grouped("requests", "snack_id", "requested_at")
+
+    avoid = tables["avoid_ingredients"]
+    row, hit = _rows_of(avoid["user_id"].to_numpy(np.int64), uid)
+    has = np.zeros((n_u, len(catalog.ingredients)), bool)
+    if catalog.ingredients and hit.any():
+        names = np.array(catalog.ingredients, dtype=object)
+        ing = avoid["ingredient"].to_numpy(object)
+        k = np.minimum(np.searchsorted(names, ing), len(names) - 1)
+        known = hit & (names[k] == ing)
+        has[row[known], k[known]] = True
+    prefs = tables["genre_prefs"]
+    row, hit = _rows_of(prefs["user_id"].to_numpy(np.int64), uid)
+    favorite = np.zeros((n_u, n_g), bool)
+    if n_g and hit.any():
+        names = np.array(catalog.genres, dtype=object)
+        genre = prefs["genre"].to_numpy(object)
+        k = np.minimum(np.searchsorted(names, genre), n_g - 1)
+        known = hit & (names[k] == genre)
+        favorite[row[known], k[known]] = True
+    return SparseState(
+        user_id=uid, delivery_on=day, box_size=box,
+        r_ptr=r_ptr, r_col=r_col.astype(np.int64), r_val=r_val.astype(np.int8),
+        r_t=r_t.astype(np.int64),
+        d_ptr=d_ptr, d_col=d_col.astype(np.int64), d_day=d_day.astype(np.int32),
+        n_ptr=n_ptr, n_col=n_col.astype(np.int64),
+        q_ptr=q_ptr, q_col=q_col.astype(np.int64), q_t=q_t.astype(np.int64),
+        avoid_words=_pack_bits(has), favorite=favorite,
+    )
+
+
+def latest_rating_totals(
+    tables: dict[str, pd.DataFrame], catalog: SnackCatalog, engine: str = "numba"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per snack column: sum and count of the partition's latest ratings."""
+    ratings = tables["ratings"]
+    if engine == "numba":
+        from .kernel import latest_rating_sums
+
+        user_ids = np.sort(tables["users"]["user_id"].to_numpy(np.int64))
+        row, _ = lookup(user_ids, ratings["user_id"].to_numpy(np.int64))
+        col, _ = catalog.columns_of(ratings["snack_id"].to_numpy(np.int64))
+        ptr, col, val, t = _csr(row, len(user_ids), col, ratings["rating"].to_numpy(np.int8),
+                                ratings["rated_at"].to_numpy(np.int64))
+        return latest_rating_sums(ptr, col, val, t, catalog.size)
+    latest = latest_ratings(ratings)
+    col, _ = catalog.columns_of(latest["snack_id"].to_numpy(np.int64))
+    rating = latest["rating"].to_numpy(np.int64)
+    sums = np.bincount(col, weights=rating, minlength=catalog.size).astype(np.int64)
+    counts = np.bincount(col, minlength=catalog.size).astype(np.int64)
+    return sums, counts

@@ -213,7 +213,8 @@ def generate_partition(cfg: SynthConfig, index: int) -> dict[str, pd.DataFrame]:
     rating = np.digitize(latent, [-1.0, -0.2, 0.8]) + 1
     age_days = rng.integers(0, 365, len(col))
     rated_at = (cfg.day0 - age_days) * _NS_PER_DAY + rng.integers(0, _NS_PER_DAY // 1000, len(col)) * 1000
-    rerate = rng.random(len(col)) < 0.03  # some pairs rated twice: the later rating wins
+    # some pairs rated twice (the later rating wins); at most 200 rating rows per user
+    rerate = (rng.random(len(col)) < 0.03) & (n_ratings[row] <= 190)
     ratings = pd.DataFrame(
         {
             "user_id": np.concatenate([uid[row], uid[row[rerate]]]),

@@ -20,9 +20,9 @@ from preassign.params import Params
 from preassign.pipeline import RunConfig, run_preassignment
 
 
-def _run(lake: str, out: str, date_from=WORKED_DATE, date_to=None, params=None, **kw):
+def _run(lake: str, out: str, date_from=WORKED_DATE, date_to=None, params=None, engine="numba", **kw):
     cfg = RunConfig(lake=lake, date_from=date_from, date_to=date_to or date_from, out=out,
-                    params=Params.from_mapping(params or {}), **kw)
+                    params=Params.from_mapping(params or {}), engine=engine, **kw)
     with dask.config.set(scheduler="sync"):
         return run_preassignment(cfg)
 
@@ -101,9 +101,9 @@ def test_worked_example_variant(worked_lake, tmp_path):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 2**32 - 1), messy=st.booleans(), span=st.integers(0, 3),
-       per_partition=st.sampled_from([1, 2, 5, 50_000]))
+       per_partition=st.sampled_from([1, 2, 5, 50_000]), engine=st.sampled_from(["numba", "numpy"]))
 def test_pipeline_equals_reference_on_random_lakes(tmp_path_factory, seed, messy, span,
-                                                   per_partition):
+                                                   per_partition, engine):
     rng = np.random.default_rng(seed)
     tables = random_tables(rng)
     params = random_params(rng)
@@ -112,7 +112,8 @@ def test_pipeline_equals_reference_on_random_lakes(tmp_path_factory, seed, messy
     out = str(root / "out")
     date_from = dt.date(2026, 12, 1) + dt.timedelta(days=int(rng.integers(-1, 2)))
     date_to = date_from + dt.timedelta(days=span)
-    result = _run(lake, out, date_from, date_to, params, users_per_partition=per_partition)
+    result = _run(lake, out, date_from, date_to, params, engine=engine,
+                  users_per_partition=per_partition)
     assert_matches_reference(tables, out, result, date_from, date_to, params)
 
 

@@ -1,0 +1,406 @@
+"""Why a user's box holds what it holds: one user, the pure core, and the numbers behind it.
+
+Design
+------
+:func:`explain_box` re-runs the same pure functions as the pipeline
+(:func:`~preassign.state.prepare_partition`, :func:`~preassign.state.build_user_state`,
+:func:`~preassign.assign.assign_snacks`) on a "partition" of exactly one user, so the box
+it explains is the box the run assigned, not a re-implementation of the rules. Only that
+user's rows are read: each user-keyed table is opened as a :mod:`pyarrow.dataset` with a
+``user_id == u`` filter (row groups that cannot hold the user are skipped by their
+statistics), and on a co-partitioned lake only the one file whose ``_lake.json`` range
+holds the user is opened.
+
+The snack priors are the one input that depends on the whole lake (every user's latest
+ratings). With ``out_dir`` they come from the run's ``snack_prior/`` output (per-snack
+sums and counts of latest ratings, a few hundred rows). Without it they are recomputed
+from the lake's whole ``users`` and ``ratings`` tables, one co-partitioned file pair at a
+time (a lake without ``_lake.json`` is read whole): fine for small lakes and tests, slow
+for a lake of millions of users. Pass the run's output whenever you have it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import json
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from .assign import STAGES, assign_snacks, explore_key_matrix, jitter, score_matrix, snack_prior
+from .contract import (
+    NO_DATE,
+    STATUSES,
+    TABLES,
+    USER_KEYED,
+    LakeError,
+    dedupe_keyed,
+    empty_table,
+    normalize_table,
+)
+from .lake import Lake, open_lake, read_small_table
+from .params import Params
+from .state import (
+    SnackCatalog,
+    UserState,
+    build_catalog,
+    build_user_state,
+    prepare_partition,
+    summarize_partition,
+)
+
+__all__ = ["explain_box", "first_assigned_user", "EXPLAIN_COLUMNS"]
+
+#: Columns of the frame :func:`explain_box` returns, in order.
+EXPLAIN_COLUMNS = [
+    "user_id", "delivery_on", "slot", "snack_id", "name", "genre", "stage",
+    "requested_at", "latest_rating", "score", "prior", "own_term", "genre_term",
+    "favorite_term", "explore_key", "new_bonus_term", "jitter", "reason",
+]
+_EPOCH = dt.date(1970, 1, 1)
+_RATING_WORDS = {1: "dislike", 2: "so-so", 3: "like", 4: "love"}
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def _as_date(value: dt.date | str, name: str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be a date or an ISO date string like '2026-12-01', got {value!r}")
+
+
+def _out_fs(out_dir: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    fs, path = fsspec.core.url_to_fs(out_dir, **dict(storage_options or {}))
+    return fs, path.rstrip("/")
+
+
+def _read_summary(out_dir: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    fs, path = _out_fs(out_dir, storage_options)
+    summary = posixpath.join(path, "summary.json")
+    if not fs.isfile(summary):
+        raise FileNotFoundError(
+            f"run output {out_dir!r} has no summary.json, so it is not a complete run; "
+            "pass the --out of a finished run, or out_dir=None to recompute the priors"
+        )
+    return json.loads(fs.cat_file(summary))
+
+
+def _read_output_table(out_dir: str, name: str, columns: list[str],
+                       storage_options: Mapping[str, Any] | None) -> pa.Table:
+    fs, path = _out_fs(out_dir, storage_options)
+    base = posixpath.join(path, name)
+    files = sorted(f for f in (fs.find(base) if fs.isdir(base) else [])
+                   if f.endswith(".parquet") and not posixpath.basename(f).startswith(("_", ".")))
+    if not files:
+        raise FileNotFoundError(f"run output {out_dir!r} has no {name}/ Parquet files")
+    tables = []
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            tables.append(pq.read_table(fh, columns=columns))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def first_assigned_user(out_dir: str, storage_options: Mapping[str, Any] | None = None) -> int:
+    """The smallest ``user_id`` that has a box in the run at ``out_dir``.
+
+    Raises:
+        LookupError: the run assigned no box.
+    """
+    table = _read_output_table(out_dir, "assignments", ["user_id"], storage_options)
+    if table.num_rows == 0:
+        raise LookupError(f"run output {out_dir!r} assigned no box, so there is no user to explain")
+    return int(pc.min(table["user_id"]).as_py())
+
+
+def _dataset_schema(lake: Lake, name: str, files: list[str]) -> pa.Schema:
+    """The table's required columns as in the first file, integers widened to int64."""
+    with lake.fs.open(files[0], "rb") as f:
+        schema = pq.read_schema(f)
+    missing = [c for c in TABLES[name].columns if c not in schema.names]
+    if missing:
+        raise LakeError(
+            f"table {name!r} is missing required column(s) {', '.join(missing)} in "
+            f"{lake.full_path(files[0])!r} (columns present: {', '.join(schema.names)})"
+        )
+    fields = []
+    for col in TABLES[name].columns:
+        field = schema.field(col)
+        fields.append(field.with_type(pa.int64()) if pa.types.is_integer(field.type) else field)
+    return pa.schema(fields)
+
+
+def _scan(lake: Lake, name: str, files: list[str], user_id: int | None = None) -> pd.DataFrame:
+    """Raw rows of one table from ``files`` (all of them, or one user's)."""
+    if not files:
+        return empty_table(name)
+    dataset = ds.dataset(files, schema=_dataset_schema(lake, name, files), filesystem=lake.fs,
+                         format="parquet")
+    where = None if user_id is None else pc.field("user_id") == pa.scalar(user_id, pa.int64())
+    try:
+        table = dataset.to_table(filter=where)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise LakeError(f"cannot read table {name!r} of lake {lake.url!r}: {exc}") from exc
+    return table.to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _partition_files(lake: Lake) -> list[dict[str, list[str]]]:
+    """Per partition, each user-keyed table's files (one partition when there is no manifest)."""
+    fast = lake.fast_path_files()
+    if fast is None:
+        return [{name: lake.files(name) for name in USER_KEYED}]
+    n = int(lake.manifest["partitions"])  # type: ignore[index]
+    return [{name: [fast[name][i]] for name in USER_KEYED} for i in range(n)]
+
+
+def _user_files(lake: Lake, user_id: int) -> dict[str, list[str]]:
+    fast = lake.fast_path_files()
+    if fast is None:
+        return {name: lake.files(name) for name in USER_KEYED}
+    bounds = lake.manifest["bounds"]  # type: ignore[index]
+    i = bisect.bisect_right(bounds, user_id) - 1
+    if not 0 <= i < len(bounds) - 1:
+        return {name: [] for name in USER_KEYED}
+    return {name: [fast[name][i]] for name in USER_KEYED}
+
+
+def _read_snacks(lake: Lake, on_invalid: str) -> tuple[pd.DataFrame, SnackCatalog]:
+    frames = [normalize_table("snacks", raw, on_invalid=on_invalid)[0]
+              for raw in read_small_table(lake, "snacks")]
+    if not frames:
+        frames = [normalize_table("snacks", empty_table("snacks"))[0]]
+    snacks = dedupe_keyed("snacks", pd.concat(frames, ignore_index=True), "snack_id")
+    snacks = snacks.sort_values("snack_id", kind="stable").reset_index(drop=True)
+    return snacks, build_catalog(snacks)
+
+
+def _load_prior(out_dir: str, catalog: SnackCatalog, params: Params,
+                storage_options: Mapping[str, Any] | None) -> np.ndarray:
+    table = _read_output_table(out_dir, "snack_prior",
+                               ["snack_id", "ratings_count", "ratings_sum"], storage_options)
+    frame = table.to_pandas().set_index("snack_id")
+    missing = np.setdiff1d(catalog.snack_id, frame.index.to_numpy(np.int64))
+    if len(missing):
+        raise LakeError(
+            f"run output {out_dir!r} has no prior for {len(missing)} snack(s) of the lake "
+            f"(e.g. snack_id={int(missing[0])}); it was made from another lake or an older "
+            "snacks table - pass the matching run, or out_dir=None to recompute the priors"
+        )
+    frame = frame.reindex(catalog.snack_id)
+    # Same integers and the same formula as the run: the priors are bitwise equal.
+    return snack_prior(frame["ratings_sum"].to_numpy(np.int64),
+                       frame["ratings_count"].to_numpy(np.int64), params)
+
+
+def _compute_prior(lake: Lake, catalog: SnackCatalog, params: Params, on_invalid: str) -> np.ndarray:
+    sums = np.zeros(catalog.size, np.int64)
+    counts = np.zeros(catalog.size, np.int64)
+    for files in _partition_files(lake):
+        raw = {name: _scan(lake, name, files[name]) for name in ("users", "ratings")}
+        tables, _, _, _ = prepare_partition(raw, catalog, on_invalid=on_invalid)
+        s, c, _ = summarize_partition(tables, catalog, _EPOCH, _EPOCH)
+        sums += s
+        counts += c
+    return snack_prior(sums, counts, params)
+
+
+# --------------------------------------------------------------------------------------------
+# explaining
+
+
+def _not_targeted(user_id: int, users: pd.DataFrame, date_from: dt.date, date_to: dt.date) -> str:
+    if users.empty:
+        return f"user {user_id} is not in the lake's users table"
+    row = users.iloc[0]
+    status = STATUSES[int(row["status"])]
+    day = int(row["next_delivery_on"])
+    if status != "active":
+        return f"user {user_id} is not targeted: status is {status!r} (only 'active' users get a box)"
+    if day == NO_DATE:
+        return f"user {user_id} is not targeted: next_delivery_on is null"
+    on = _EPOCH + dt.timedelta(days=day)
+    return (f"user {user_id} is not targeted: next_delivery_on {on} is outside "
+            f"[{date_from}, {date_to}]; widen the dates to include it")
+
+
+def _fmt(x: float, sign: bool = False) -> str:
+    return f"{x:+.2f}" if sign else f"{x:.3f}"
+
+
+def _reasons(frame: pd.DataFrame, params: Params, day: dt.date, launched: np.ndarray) -> list[str]:
+    out = []
+    for i, r in enumerate(frame.itertuples(index=False)):
+        if r.stage == "request":
+            out.append(
+                f"requested {r.requested_at:%Y-%m-%d %H:%M:%S} UTC, within the "
+                f"{params.request_window_days} days before {day}; requests go first, earliest "
+                f"first (at most {params.max_requests})"
+            )
+            continue
+        if r.stage == "explore":
+            new = (f" + new {_fmt(r.new_bonus_term, True)} (launched {launched[i]})"
+                   if r.new_bonus_term else "")
+            out.append(
+                f"new to the user (never delivered or rated): explore key {_fmt(r.explore_key)} "
+                f"= prior {_fmt(r.prior)}{new} + jitter {params.explore_jitter:g} x {r.jitter:.3f}"
+            )
+            continue
+        rating = "unrated" if pd.isna(r.latest_rating) else \
+            f"rated {int(r.latest_rating)}, {_RATING_WORDS[int(r.latest_rating)]}"
+        terms = (f"score {_fmt(r.score)} = prior {_fmt(r.prior)} + own "
+                 f"{_fmt(r.own_term, True)} ({rating}) + genre {_fmt(r.genre_term, True)} "
+                 f"+ favourite {_fmt(r.favorite_term, True)}")
+        if r.stage == "preference":
+            out.append(f"among the best scores left: {terms}")
+        else:
+            out.append(f"box not full after exploring, next best score: {terms}")
+    return out
+
+
+def _explain(state: UserState, catalog: SnackCatalog, snacks: pd.DataFrame, prior: np.ndarray,
+             params: Params) -> pd.DataFrame:
+    box = assign_snacks(state, catalog, prior, params)
+    col = catalog.columns_of(box["snack_id"].to_numpy(np.int64))[0]
+    stage = np.array(STAGES, dtype=object)[box["stage"].to_numpy(np.int64)]
+    day = int(state.delivery_on[0])
+    n = len(box)
+
+    def only(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+        return np.where(mask, np.round(values, 6), np.nan)
+
+    scored = np.isin(stage, ("preference", "fallback"))
+    explored = stage == "explore"
+    rating = state.rating[0, col].astype(np.int64)
+    own_of = np.array([0.0, 0.0, params.own_weight_2, params.own_weight_3, params.own_weight_4])
+    genre = catalog.genre[col]
+    score = score_matrix(state, catalog, prior, params)[0, col]
+    key = explore_key_matrix(state, catalog, prior, params)[0, col]
+    launched = catalog.launched_on[col].astype(np.int64)
+    is_new = (day - params.new_days < launched) & (launched <= day)
+    jit = jitter(state.user_id[0], catalog.snack_id[col], day) if n else np.zeros(0)
+    requested = dict(zip(state.request_col[state.request_row == 0].tolist(),
+                         state.request_at[state.request_row == 0].tolist()))
+    req_ns = [requested.get(int(c)) if s == "request" else None for c, s in zip(col, stage)]
+    names = snacks["name"].to_numpy(object)
+    frame = pd.DataFrame({
+        "user_id": np.full(n, int(state.user_id[0]), np.int64),
+        "delivery_on": [_EPOCH + dt.timedelta(days=day)] * n,
+        "slot": box["slot"].to_numpy(np.int64),
+        "snack_id": box["snack_id"].to_numpy(np.int64),
+        "name": names[col] if n else np.zeros(0, object),
+        "genre": np.array(catalog.genres, dtype=object)[genre] if n else np.zeros(0, object),
+        "stage": stage,
+        "requested_at": pd.to_datetime(pd.Series(req_ns, dtype="Int64"), unit="ns", utc=True),
+        "latest_rating": pd.array([int(r) if r else None for r in rating], dtype="Int8"),
+        "score": only(scored, score),
+        "prior": only(scored | explored, prior[col]),
+        "own_term": only(scored, own_of[rating]),
+        "genre_term": only(scored, params.genre_weight * state.affinity[0, genre]),
+        "favorite_term": only(scored, params.favorite_genre_bonus * state.favorite[0, genre]),
+        "explore_key": only(explored, key),
+        "new_bonus_term": only(explored, params.new_bonus * is_new),
+        "jitter": only(explored, jit),
+    })
+    launched_on = [_EPOCH + dt.timedelta(days=int(d)) for d in launched]
+    frame["reason"] = _reasons(frame, params, _EPOCH + dt.timedelta(days=day), launched_on)
+    frame.attrs.update(user_id=int(state.user_id[0]), delivery_on=_EPOCH + dt.timedelta(days=day),
+                       box_size=int(state.box_size[0]), is_full=n == int(state.box_size[0]))
+    return frame[EXPLAIN_COLUMNS]
+
+
+def explain_box(
+    lake_url: str,
+    user_id: int | None,
+    date_from: dt.date | str,
+    date_to: dt.date | str,
+    out_dir: str | None = None,
+    params: Params | Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    on_invalid: str | None = None,
+) -> pd.DataFrame:
+    """One user's box, with the stage, the numbers and a short reason for each snack.
+
+    The box is computed by the pipeline's own pure functions on that user's rows, so it is
+    the box the run assigned (same lake, dates and parameters).
+
+    Args:
+        lake_url: the lake (local path or fsspec URL).
+        user_id: the user; None picks :func:`first_assigned_user` of ``out_dir``.
+        date_from, date_to: the run's dates (``datetime.date`` or ISO strings); the user
+            must be targeted in them (active, ``next_delivery_on`` inside).
+        out_dir: the run's output. Its ``snack_prior/`` gives the priors (else they are
+            recomputed from the whole lake, see the module docstring) and its
+            ``summary.json`` the parameters and ``on_invalid`` when not given here.
+        params: rule parameters: a :class:`Params`, a mapping of overrides on the defaults
+            (as ``RunConfig`` gets them), or None for the run's (``out_dir``) or the defaults.
+        storage_options: fsspec options for the lake and ``out_dir``.
+        on_invalid: ``"raise"`` or ``"drop"``, as the run was given (default: the run's, or
+            ``"raise"``).
+
+    Returns:
+        One row per snack in slot order, columns :data:`EXPLAIN_COLUMNS`: ``requested_at``
+        for request picks; ``score`` and its terms ``prior + own_term + genre_term +
+        favorite_term`` for preference and fallback picks; ``explore_key = prior +
+        new_bonus_term + explore_jitter * jitter`` for explore picks (other cells are
+        null; numbers rounded to 6 decimals like SPEC §3); ``reason`` in words.
+        ``frame.attrs`` holds ``user_id``, ``delivery_on``, ``box_size`` and ``is_full``.
+
+    Raises:
+        LookupError: the user is not in the lake or not targeted in the dates.
+        LakeError: the lake (or ``out_dir``) breaks the contract.
+        FileNotFoundError: ``out_dir`` is not a finished run.
+
+    Examples:
+        >>> explain_box("data/lake", 42, "2026-12-01", "2026-12-14",
+        ...             out_dir="data/run")[["slot", "snack_id", "stage", "reason"]]  # doctest: +SKIP
+    """
+    date_from, date_to = _as_date(date_from, "date_from"), _as_date(date_to, "date_to")
+    if date_to < date_from:
+        raise ValueError(f"date_to {date_to} is before date_from {date_from}")
+    summary = _read_summary(out_dir, storage_options) if out_dir is not None else {}
+    if isinstance(params, Params):
+        rules = params
+    elif params is not None:
+        rules = Params.from_mapping(params)
+    else:
+        rules = Params.from_mapping(summary.get("parameters"))
+    on_invalid = on_invalid or summary.get("on_invalid") or "raise"
+    if on_invalid not in ("raise", "drop"):
+        raise ValueError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
+    if user_id is None:
+        if out_dir is None:
+            raise ValueError("user_id=None needs out_dir (the user is picked from its assignments)")
+        user_id = first_assigned_user(out_dir, storage_options)
+    user_id = int(user_id)
+
+    lake = open_lake(lake_url, storage_options)
+    snacks, catalog = _read_snacks(lake, on_invalid)
+    files = _user_files(lake, user_id)
+    raw = {name: _scan(lake, name, files[name], user_id) for name in USER_KEYED}
+    tables, _, _, _ = prepare_partition(raw, catalog, on_invalid=on_invalid)
+    state = build_user_state(tables, catalog, date_from, date_to, rules)
+    if state.n_users == 0:
+        raise LookupError(_not_targeted(user_id, tables["users"], date_from, date_to))
+    if out_dir is not None:
+        prior = _load_prior(out_dir, catalog, rules, storage_options)
+    else:
+        prior = _compute_prior(lake, catalog, rules, on_invalid)
+    return _explain(state, catalog, snacks, prior, rules)

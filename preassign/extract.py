@@ -1,0 +1,579 @@
+"""Extract: a SQLAlchemy source database -> a versioned, co-partitioned Parquet lake.
+
+Design
+------
+**Ranges.** The users table's id range ``[min, max]`` is cut into equal-width ranges
+of ``users_per_partition`` ids (one ``MIN``/``MAX`` query, no scan; a range never
+holds more than that many users, so memory per task is bounded whatever the table
+size; gaps in the ids only make some partitions smaller). The first range starts
+at ``-2**63`` and the last ends at ``2**63 - 1``, so every user-keyed row lands in
+exactly one partition, including orphans whose ``user_id`` lies outside the users
+table's range (the run counts them) and rows with a null ``user_id`` (first
+partition; the run reports them as invalid).
+
+**Reading.** One Dask task per range opens its own connection (``NullPool``) and
+runs, per user-keyed table, one ``SELECT <columns> FROM t WHERE user_id >= :lo AND
+user_id < :hi ORDER BY user_id[, row_id]`` with bound parameters, streamed with a
+server-side cursor in chunks that are converted to Arrow as they arrive (the lake's
+compact types of :data:`preassign.lake.ARROW_SCHEMAS`; values are copied faithfully,
+validation is the run's job). The task then writes partition ``i`` of every table
+with :func:`preassign.lake.write_user_partition`. Snack-keyed tables are read whole
+on the client.
+
+**Consistent cut of append-only tables.** Before any range is read, ``MAX(row_id)``
+of ``ratings``, ``deliveries`` and ``requests`` is taken; every range reads only rows
+``row_id <= watermark``. Rows appended while the extraction runs wait for the next
+one, and the watermarks are recorded in the version's ``_lake.json``.
+
+**Incremental refresh.** With ``incremental=True`` the previous version's bounds are
+kept; each task reads its partition's previous file of each append-only table,
+adds the rows ``old watermark < row_id <= new watermark`` of its range and writes the
+merged, re-sorted file (new rows have larger ``row_id``, so the merged order is the
+one a full extraction gives); every other table is re-read whole.
+
+**Publishing.** Everything is written under ``<lake>/v-<UTC time>-<id>/`` (manifest
+last), then ``<lake>/_CURRENT`` is replaced by that version's name
+(:class:`preassign.lake.Lake` resolves it): an atomic rename on a local disk, one
+PUT on S3. Readers see the old version or the new one, never a mix. The previous
+version is kept (a run that opened it keeps working); older ones are deleted. A
+failed extraction removes its own version; a killed one leaves a directory no
+pointer names, removed by a later extraction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import math
+import os
+import posixpath
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from .contract import TABLES, USER_KEYED, LakeError
+from .lake import (
+    ARROW_SCHEMAS,
+    MANIFEST,
+    POINTER,
+    Lake,
+    write_manifest,
+    write_small_table,
+    write_user_partition,
+)
+from .source import (
+    APPEND_ONLY,
+    WATERMARK_COLUMN,
+    SourceConnectionError,
+    SourceError,
+    SourceSchemaError,
+    create_engine_from_url,
+    mask_url,
+    parse_source_url,
+    source_table,
+    translate_error,
+)
+
+__all__ = ["extract_lake", "partition_bounds", "ID_MIN", "ID_MAX", "VERSION_PREFIX"]
+
+log = logging.getLogger(__name__)
+
+#: Open ends of the first and last user-id range.
+ID_MIN = -(2**63)
+ID_MAX = 2**63 - 1
+#: Name prefix of a lake version directory.
+VERSION_PREFIX = "v-"
+#: Rows fetched from the driver per chunk (converted to Arrow chunk by chunk).
+FETCH_ROWS = 50_000
+
+
+def partition_bounds(min_id: int | None, max_id: int | None, users_per_partition: int) -> list[int]:
+    """Equal-width user-id ranges with open ends.
+
+    Partition ``i`` holds ``bounds[i] <= user_id < bounds[i+1]``; the inner bounds
+    are ``min_id + k * users_per_partition``.
+
+    Examples:
+        >>> partition_bounds(1, 250, 100) == [ID_MIN, 101, 201, ID_MAX]
+        True
+        >>> partition_bounds(None, None, 100) == [ID_MIN, ID_MAX]
+        True
+    """
+    if users_per_partition < 1:
+        raise ValueError(f"users_per_partition must be >= 1, got {users_per_partition}")
+    if min_id is None or max_id is None:
+        return [ID_MIN, ID_MAX]
+    n = max(1, math.ceil((int(max_id) - int(min_id) + 1) / users_per_partition))
+    inner = [int(min_id) + k * users_per_partition for k in range(1, n)]
+    return [ID_MIN, *inner, ID_MAX]
+
+
+# --------------------------------------------------------------------------------------------
+# reading the source
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything a partition task needs (picklable; the URL's repr hides the password)."""
+
+    source: URL
+    version_url: str
+    previous_url: str | None
+    storage_options: Mapping[str, Any]
+    bounds: tuple[int, ...]
+    watermarked: frozenset[str]  # tables read with row_id <= watermark_to
+    watermark_from: Mapping[str, int | None]  # incremental tables -> previous watermark
+    watermark_to: Mapping[str, int | None]
+
+
+@contextlib.contextmanager
+def _connect(engine: sa.Engine, url: URL, doing: str) -> Iterator[sa.Connection]:
+    try:
+        with engine.connect() as conn:
+            yield conn
+    except sa.exc.DBAPIError as exc:
+        raise translate_error(exc, url, doing) from exc
+
+
+def _check_sqlite_file(url: URL) -> None:
+    """SQLite would silently create a missing file: refuse instead."""
+    if url.get_backend_name() != "sqlite":
+        return
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file::memory:"):
+        raise SourceConnectionError(
+            "an in-memory SQLite database cannot be a source (every connection would see "
+            "its own empty database); use sqlite:///path/to/file.db"
+        )
+    if not database.startswith("file:") and not os.path.isfile(database):
+        raise SourceConnectionError(
+            f"the SQLite source database file {database!r} does not exist; check the path in "
+            f"{mask_url(url)} (sqlite:///relative.db or sqlite:////absolute/path.db)"
+        )
+
+
+def _check_source(conn: sa.Connection, url: URL) -> tuple[set[str], set[str]]:
+    """Check every required table and column is there.
+
+    Returns:
+        ``(tables present, append-only tables that have the watermark column)``.
+    """
+    inspector = sa.inspect(conn)
+    present = set(inspector.get_table_names()) | set(inspector.get_view_names())
+    problems, watermarked, found = [], set(), set()
+    for name, spec in TABLES.items():
+        if name not in present:
+            if not spec.optional:
+                problems.append(f"table {name!r} is missing")
+            continue
+        found.add(name)
+        have = {c["name"] for c in inspector.get_columns(name)}
+        missing = [c for c in spec.columns if c not in have]
+        if missing:
+            problems.append(
+                f"table {name!r} is missing column(s) {', '.join(missing)} "
+                f"(columns present: {', '.join(sorted(have))})"
+            )
+        if name in APPEND_ONLY and WATERMARK_COLUMN in have:
+            watermarked.add(name)
+    if problems:
+        raise SourceSchemaError(
+            f"the source database {mask_url(url)} does not have the tables SPEC §2 needs: "
+            + "; ".join(problems)
+            + ". Create them with preassign/sql/schema_mysql.sql, or create views of those "
+            "names over your schema"
+        )
+    return found, watermarked
+
+
+def _columns(name: str) -> list[str]:
+    return list(ARROW_SCHEMAS[name].names)
+
+
+def _to_arrow(name: str, rows: list[Any]) -> pa.Table:
+    schema = ARROW_SCHEMAS[name]
+    columns = list(zip(*rows)) if rows else [() for _ in schema.names]
+    arrays = []
+    for field, values in zip(schema, columns):
+        try:
+            arrays.append(pa.array(list(values), type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+            example = next((v for v in values if v is not None), None)
+            raise SourceError(
+                f"table {name!r}, column {field.name!r}: cannot store the source's values as "
+                f"the lake's {field.type} (e.g. {example!r}: {exc}); fix the column's type or "
+                "values in the source"
+            ) from None
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _fetch(conn: sa.Connection, name: str, stmt: sa.Select) -> pa.Table:
+    """Run one query and build an Arrow table chunk by chunk (server-side cursor)."""
+    result = conn.execution_options(stream_results=True, yield_per=FETCH_ROWS).execute(stmt)
+    chunks = [_to_arrow(name, list(rows)) for rows in result.partitions()]
+    if not chunks:
+        return ARROW_SCHEMAS[name].empty_table()
+    return pa.concat_tables(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def _select_whole(name: str) -> sa.Select:
+    table = source_table(name)
+    return sa.select(*[table.c[c] for c in _columns(name)]).order_by(table.c.snack_id)
+
+
+def _select_range(
+    plan: _Plan, name: str, lo: int, hi: int, *, since: int | None = None
+) -> sa.Select | None:
+    """``SELECT ... WHERE user_id in [lo, hi) [AND row_id in (since, watermark]] ORDER BY``.
+
+    Returns ``None`` when nothing can match (an append-only table empty at the cut).
+    """
+    table = source_table(name)
+    uid = table.c.user_id
+    cond: list[sa.ColumnElement[bool]] = []
+    if lo == ID_MIN and hi == ID_MAX:
+        pass  # one partition: every row, null user ids included
+    elif lo == ID_MIN:
+        cond.append(sa.or_(uid < hi, uid.is_(None)))
+    elif hi == ID_MAX:
+        cond.append(uid >= lo)
+    else:
+        cond.append(sa.and_(uid >= lo, uid < hi))
+    order = [uid]
+    if name in plan.watermarked:
+        row_id = table.c[WATERMARK_COLUMN]
+        upper = plan.watermark_to.get(name)
+        if upper is None:
+            return None
+        cond.append(row_id <= upper)
+        if since is not None:
+            cond.append(row_id > since)
+        order.append(row_id)
+    else:
+        order += [table.c[c] for c in _columns(name) if c != "user_id"]
+    return sa.select(*[table.c[c] for c in _columns(name)]).where(*cond).order_by(*order)
+
+
+def _read_previous(plan: _Plan, name: str, index: int) -> pa.Table:
+    assert plan.previous_url is not None
+    fs, root = fsspec.core.url_to_fs(plan.previous_url, **dict(plan.storage_options))
+    path = posixpath.join(root, name, f"part.{index:05d}.parquet")
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise LakeError(
+            f"incremental extraction: cannot read the previous version's {name!r} partition "
+            f"{index} ({exc}); run a full extraction"
+        ) from exc
+    schema = ARROW_SCHEMAS[name]
+    return table.select(schema.names).cast(schema)
+
+
+def _extract_partition(plan: _Plan, index: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Read range ``index`` of every user-keyed table and write its partition files.
+
+    Returns:
+        ``(rows written, rows newly read)`` per table.
+    """
+    lo, hi = plan.bounds[index], plan.bounds[index + 1]
+    engine = create_engine_from_url(plan.source)
+    tables: dict[str, pd.DataFrame] = {}
+    added: dict[str, int] = {}
+    try:
+        with _connect(engine, plan.source, f"reading partition {index}") as conn:
+            for name in USER_KEYED:
+                stmt = _select_range(plan, name, lo, hi, since=plan.watermark_from.get(name))
+                doing = f"reading table {name!r}, user ids [{lo}, {hi})"
+                try:
+                    new = _fetch(conn, name, stmt) if stmt is not None else \
+                        ARROW_SCHEMAS[name].empty_table()
+                except sa.exc.DBAPIError as exc:
+                    raise translate_error(exc, plan.source, doing) from exc
+                added[name] = new.num_rows
+                if name in plan.watermark_from:
+                    new = pa.concat_tables([_read_previous(plan, name, index), new])
+                tables[name] = new.to_pandas(types_mapper=pd.ArrowDtype)
+    finally:
+        engine.dispose()
+    return write_user_partition(plan.version_url, index, tables, plan.storage_options), added
+
+
+# --------------------------------------------------------------------------------------------
+# the versioned lake
+
+
+class _Store:
+    """A lake root holding version directories and the ``_CURRENT`` pointer."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any]):
+        self.url = url
+        self.storage_options = dict(storage_options)
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **self.storage_options)
+        except (ImportError, ValueError) as exc:
+            raise LakeError(f"cannot open lake {url!r}: {exc}") from exc
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.local = "file" in protocols or "local" in protocols
+        self.root = os.path.abspath(root) if self.local else root.rstrip("/")
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def url_of(self, *parts: str) -> str:
+        path = self.path(*parts)
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+    def current(self) -> str | None:
+        pointer = self.path(POINTER)
+        if not self.fs.isfile(pointer):
+            if self.fs.isdir(self.root):
+                entries = {posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)}
+                clash = sorted(entries & ({MANIFEST} | set(TABLES)))
+                if clash:
+                    raise LakeError(
+                        f"lake {self.url!r} holds a lake that is not versioned (found "
+                        f"{', '.join(clash)} at its root, e.g. written by `preassign synth`); "
+                        "extract into a new location, or delete what is there first"
+                    )
+            return None
+        return self.fs.cat_file(pointer).decode().strip() or None
+
+    def versions(self) -> list[str]:
+        if not self.fs.isdir(self.root):
+            return []
+        names = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)]
+        return sorted(n for n in names if n.startswith(VERSION_PREFIX))
+
+    def new_version(self) -> str:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        return f"{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
+
+    def publish(self, version: str) -> None:
+        """Point ``_CURRENT`` at ``version`` (atomic rename locally, one PUT on S3)."""
+        data = (version + "\n").encode()
+        pointer = self.path(POINTER)
+        if self.local:
+            tmp = self.path(f".{POINTER}.tmp-{uuid.uuid4().hex[:8]}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, pointer)
+        else:
+            self.fs.pipe_file(pointer, data)
+
+    def discard(self, version: str) -> None:
+        try:
+            if self.fs.exists(self.path(version)):
+                self.fs.rm(self.path(version), recursive=True)
+        except OSError:  # pragma: no cover - best effort; a later extraction prunes it
+            log.warning("could not remove the unfinished version %s", self.url_of(version))
+
+    def prune(self, keep: list[str | None]) -> list[str]:
+        """Delete versions older than the oldest one kept (the previous one)."""
+        kept = sorted(v for v in keep if v)
+        removed = []
+        for name in self.versions():
+            if name < kept[0]:
+                self.fs.rm(self.path(name), recursive=True)
+                removed.append(name)
+        return removed
+
+
+def _previous_manifest(store: _Store, previous: str | None) -> dict[str, Any]:
+    if previous is None:
+        raise LakeError(
+            f"lake {store.url!r} has no previous extraction to refresh ({POINTER} is missing); "
+            "run a full extraction first (without --incremental)"
+        )
+    lake = Lake(store.url, store.storage_options)
+    manifest = lake.manifest
+    if manifest is None or "watermarks" not in manifest:
+        raise LakeError(
+            f"lake {store.url!r}: version {previous!r} was not written by an extraction "
+            f"(its {MANIFEST} has no watermarks); run a full extraction"
+        )
+    if lake.fast_path_files() is None:
+        raise LakeError(
+            f"lake {store.url!r}: version {previous!r} does not hold one file per partition "
+            "and table; run a full extraction"
+        )
+    return manifest
+
+
+def _compute(client: Any, tasks: list, progress: bool) -> list:
+    import dask
+
+    if client is None:
+        return list(dask.compute(*tasks))
+    futures = client.compute(tasks)
+    if progress:
+        from distributed import progress as show
+
+        show(futures)
+        print()
+    return client.gather(futures)
+
+
+def extract_lake(
+    source_url: str | URL,
+    lake_url: str,
+    *,
+    users_per_partition: int = 50_000,
+    incremental: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    client: Any = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Copy the source database into a new version of the lake and publish it.
+
+    Args:
+        source_url: SQLAlchemy URL of the source (see
+            :func:`preassign.source.resolve_source_url`); never logged unmasked.
+        lake_url: lake root, a local path or an fsspec URL such as ``s3://bucket/lake``.
+            It holds version directories and the ``_CURRENT`` pointer.
+        users_per_partition: width of each user-id range (a full extraction; an
+            incremental one keeps the previous version's ranges).
+        incremental: add only the rows of ``ratings``, ``deliveries`` and ``requests``
+            appended since the previous extraction (by ``row_id``) to the previous
+            version's files; re-read every other table.
+        storage_options: fsspec options for the lake (e.g. ``{"endpoint_url": ...}``).
+        client: a ``distributed.Client`` to run the range tasks on; ``None`` uses
+            Dask's current scheduler.
+        progress: draw Dask's progress bar (with a client, on a terminal).
+
+    Returns:
+        A summary: ``lake``, ``version``, ``previous``, ``mode``, ``partitions``,
+        ``bounds``, ``rows`` (per table), ``rows_read`` (rows read from the source
+        per table: all of them in a full extraction, the new ones in an incremental
+        one), ``watermarks``, ``removed`` (versions deleted) and ``seconds``.
+
+    Raises:
+        SourceConnectionError: the database is unreachable or the credentials are wrong.
+        SourceSchemaError: a required table or column is missing (the message names it).
+        SourceError: a value cannot be stored in the lake's types, or another driver error.
+        LakeError: the lake location holds an unversioned lake, or ``incremental``
+            has no usable previous extraction.
+    """
+    started = time.perf_counter()
+    if users_per_partition < 1:
+        raise ValueError(f"users_per_partition must be >= 1, got {users_per_partition}")
+    url = parse_source_url(source_url)
+    _check_sqlite_file(url)
+    storage_options = dict(storage_options or {})
+    store = _Store(lake_url, storage_options)
+    previous = store.current()
+    previous_manifest = _previous_manifest(store, previous) if incremental else None
+
+    engine = create_engine_from_url(url)
+    try:
+        with _connect(engine, url, "connecting") as conn:
+            present, watermarked = _check_source(conn, url)
+            users = source_table("users")
+            min_id, max_id = (None if v is None else int(v) for v in conn.execute(
+                sa.select(sa.func.min(users.c.user_id), sa.func.max(users.c.user_id))
+            ).one())
+            watermarks: dict[str, int | None] = {}
+            for name in sorted(watermarked):
+                table = source_table(name)
+                value = conn.execute(sa.select(sa.func.max(table.c[WATERMARK_COLUMN]))).scalar()
+                watermarks[name] = None if value is None else int(value)
+            small = {}
+            for name in ("snacks", "stock"):
+                if name in present:
+                    try:
+                        small[name] = _fetch(conn, name, _select_whole(name))
+                    except sa.exc.DBAPIError as exc:
+                        raise translate_error(exc, url, f"reading table {name!r}") from exc
+    finally:
+        engine.dispose()
+
+    since: dict[str, int | None] = {}
+    if previous_manifest is not None:
+        bounds = [int(b) for b in previous_manifest["bounds"]]
+        old_marks = previous_manifest.get("watermarks") or {}
+        for name in sorted(watermarked):
+            if name not in old_marks:
+                log.info("table %s had no watermark last time: re-reading it whole", name)
+                continue
+            old, new = old_marks[name], watermarks[name]
+            if old is not None and (new is None or new < old):
+                raise LakeError(
+                    f"table {name!r}: the source's largest {WATERMARK_COLUMN} ({new}) is below "
+                    f"the previous extraction's watermark ({old}), so the table was rewritten, "
+                    "not appended to; run a full extraction"
+                )
+            since[name] = None if old is None else int(old)
+    else:
+        bounds = partition_bounds(min_id, max_id, users_per_partition)
+
+    version = store.new_version()
+    version_url = store.url_of(version)
+    plan = _Plan(
+        source=url,
+        version_url=version_url,
+        previous_url=store.url_of(previous) if previous and since else None,
+        storage_options=storage_options,
+        bounds=tuple(bounds),
+        watermarked=frozenset(watermarked),
+        watermark_from=since,
+        watermark_to=watermarks,
+    )
+    npart = len(bounds) - 1
+    log.info("extracting %s into %s (%d partitions, %s)", mask_url(url), version_url, npart,
+             "incremental" if incremental else "full")
+    try:
+        import dask
+
+        rows: dict[str, int] = {}
+        for name, table in small.items():
+            write_small_table(version_url, name, table.to_pandas(types_mapper=pd.ArrowDtype),
+                              storage_options)
+            rows[name] = table.num_rows
+        read = dict(rows)
+        task = dask.delayed(_extract_partition, pure=False)
+        results = _compute(client, [task(plan, i) for i in range(npart)], progress)
+        for written, added in results:
+            for name, n in written.items():
+                rows[name] = rows.get(name, 0) + n
+            for name, n in added.items():
+                read[name] = read.get(name, 0) + n
+        seconds = round(time.perf_counter() - started, 3)
+        write_manifest(
+            version_url, bounds, storage_options,
+            watermarks=watermarks,
+            source={"url": mask_url(url), "user_id_range": [min_id, max_id]},
+            extract={"mode": "incremental" if incremental else "full", "version": version,
+                     "previous": previous, "users_per_partition": users_per_partition,
+                     "rows": rows, "rows_read": read, "seconds": seconds},
+        )
+    except BaseException:
+        store.discard(version)
+        raise
+    store.publish(version)
+    removed = store.prune([version, previous])
+    log.info("published %s (previous %s; removed %s)", version, previous, removed or "none")
+    return {
+        "lake": lake_url,
+        "version": version,
+        "previous": previous,
+        "mode": "incremental" if incremental else "full",
+        "partitions": npart,
+        "bounds": bounds,
+        "rows": rows,
+        "rows_read": read,
+        "watermarks": watermarks,
+        "removed": removed,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
