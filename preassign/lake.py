@@ -31,8 +31,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import hashlib
 import math
+import os
 import posixpath
+import socket
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -114,6 +118,10 @@ class OutputExistsError(FileExistsError):
     """The output location already holds a complete run."""
 
 
+class OutputLockedError(OutputExistsError):
+    """Another run is writing to the same output location."""
+
+
 def _join(*parts: str) -> str:
     return posixpath.join(*[p.rstrip("/") if i == 0 else p.strip("/") for i, p in enumerate(parts)])
 
@@ -182,6 +190,23 @@ class Lake:
                 continue
             out.append(path)
         return sorted(out)
+
+    def fingerprint(self) -> dict[str, str]:
+        """Per table, a hash of its files' names, sizes and versions (ETag or mtime).
+
+        Recorded in ``summary.json`` so that a re-run on the same inputs is recognisable.
+        """
+        out = {}
+        for name in TABLES:
+            digest = hashlib.sha256()
+            base = self.table_dir(name)
+            for path in self.files(name):
+                info = self.fs.info(path)
+                version = info.get("ETag") or info.get("etag") or info.get("mtime") or \
+                    info.get("LastModified") or ""
+                digest.update(f"{path[len(base):]}|{info.get('size')}|{version}\n".encode())
+            out[name] = digest.hexdigest()[:16]
+        return out
 
     def fast_path_files(self) -> dict[str, list[str]] | None:
         """Per user-keyed table, the manifest's part files, if the lake follows it."""
@@ -403,6 +428,74 @@ class Output:
         parent, name = posixpath.split(self.path)
         self.staging = _join(parent, f".{name}.staging-{self.run_id}")
 
+    #: an object-store lock older than this is taken to be left by a dead run
+    stale_lock_seconds = 6 * 3600
+
+    @property
+    def lock_path(self) -> str:
+        parent, name = posixpath.split(self.path)
+        return _join(parent, f".{name}.lock")
+
+    def acquire(self) -> None:
+        """Take the output's lock, so that two runs cannot both publish to it.
+
+        Locally an ``flock`` (released by the OS if the process dies); on object stores
+        a lock object created only if absent (``If-None-Match: *``), stale after
+        :attr:`stale_lock_seconds`.
+
+        Raises:
+            OutputLockedError: another run holds the lock.
+        """
+        holder = f"{self.run_id} pid={os.getpid()} host={socket.gethostname()}"
+        if self.local:
+            import fcntl
+
+            os.makedirs(posixpath.dirname(self.lock_path) or ".", exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise OutputLockedError(
+                    f"another run is writing to {self.url!r} (lock {self.lock_path}); "
+                    "wait for it to finish"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, holder.encode())
+            self._lock_fd = fd
+            return
+        for attempt in range(2):
+            try:
+                with self.fs.open(self.lock_path, "xb") as f:
+                    f.write(f"{holder} at={time.time():.0f}".encode())
+                self._lock_fd = -1
+                return
+            except FileExistsError:
+                text = self.fs.cat_file(self.lock_path).decode(errors="replace")
+                at = float(text.rsplit("at=", 1)[-1]) if "at=" in text else 0.0
+                if attempt == 0 and time.time() - at > self.stale_lock_seconds:
+                    log.warning("removing stale lock %s (%s)", self.lock_path, text)
+                    self.fs.rm(self.lock_path)
+                    continue
+                raise OutputLockedError(
+                    f"another run is writing to {self.url!r} (lock {self.lock_path}: {text}); "
+                    "wait for it, or delete the lock if that run is dead"
+                ) from None
+
+    def release(self) -> None:
+        """Release the lock taken by :meth:`acquire` (idempotent)."""
+        fd = getattr(self, "_lock_fd", None)
+        if fd is None:
+            return
+        self._lock_fd = None
+        if fd >= 0:
+            os.close(fd)
+        else:
+            try:
+                self.fs.rm(self.lock_path)
+            except FileNotFoundError:  # pragma: no cover
+                pass
+
     def check_writable(self) -> None:
         """Refuse early if a complete output is there and ``overwrite`` is off."""
         if self.is_complete() and not self.overwrite:
@@ -452,8 +545,6 @@ class Output:
             self._publish_object_store()
 
     def _publish_local(self) -> None:
-        import os
-
         old = None
         if os.path.exists(self.path):
             old = _join(posixpath.dirname(self.path), f".{posixpath.basename(self.path)}.old-{self.run_id}")

@@ -304,17 +304,27 @@ def run_preassignment(
     """
     started = time.perf_counter()
     seconds: dict[str, float] = {}
+    output = Output(config.out, config.storage_options, overwrite=config.overwrite)
+    output.check_writable()
+    output.acquire()
+    try:
+        return _run(config, client, output, progress, on_stage, started, seconds)
+    finally:
+        output.release()
 
+
+def _run(config: RunConfig, client: Any, output: Output, progress: bool,
+         on_stage: Callable[[str, float], None] | None, started: float,
+         seconds: dict[str, float]) -> RunResult:
     def done(stage: str, t0: float) -> float:
         seconds[stage] = round(time.perf_counter() - t0, 3)
         if on_stage:
             on_stage(stage, seconds[stage])
         return time.perf_counter()
 
-    output = Output(config.out, config.storage_options, overwrite=config.overwrite)
-    output.check_writable()
     t = time.perf_counter()
     lake = open_lake(config.lake, config.storage_options)
+    fingerprint = lake.fingerprint()
     catalog, stock, small_rows, problems = load_catalog(lake, config.on_invalid)
     frames, layout = read_user_tables(lake, users_per_partition=config.users_per_partition)
     npart = frames["users"].npartitions
@@ -412,6 +422,8 @@ def run_preassignment(
             "invalid_rows": {k: int(v) for k, v in sorted(_count_invalid(problems).items())},
             "on_invalid": config.on_invalid,
             "lake": {"url": lake.url, "layout": layout, "partitions": npart},
+            "input_fingerprint": fingerprint,
+            "run_key": _run_key(fingerprint, config),
             "stage_seconds": {},
             "cluster": _cluster_info(client),
             "versions": _versions(),
@@ -436,3 +448,14 @@ def _count_invalid(problems: list) -> dict[str, int]:
     for p in problems:
         out[p.table] = out.get(p.table, 0) + p.count
     return out
+
+
+def _run_key(fingerprint: dict[str, str], config: RunConfig) -> str:
+    """Same inputs, dates, parameters and version -> same key (to recognise a re-run)."""
+    import hashlib
+    import json
+
+    payload = json.dumps({"inputs": fingerprint, "from": config.date_from.isoformat(),
+                          "to": config.date_to.isoformat(), "params": config.params.to_dict(),
+                          "version": __version__}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
