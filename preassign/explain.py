@@ -84,7 +84,8 @@ def _as_date(value: dt.date | str, name: str) -> dt.date:
             return dt.date.fromisoformat(value)
         except ValueError:
             pass
-    raise ValueError(f"{name} must be a date or an ISO date string like '2026-12-01', got {value!r}")
+    raise ValueError(
+        f"{name} must be a date or an ISO date string like '2026-12-01', got {value!r}")
 
 
 def _out_fs(out_dir: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
@@ -209,7 +210,9 @@ def _load_prior(out_dir: str, catalog: SnackCatalog, params: Params,
                        frame["ratings_count"].to_numpy(np.int64), params)
 
 
-def _compute_prior(lake: Lake, catalog: SnackCatalog, params: Params, on_invalid: str) -> np.ndarray:
+def _compute_prior(
+    lake: Lake, catalog: SnackCatalog, params: Params, on_invalid: str
+) -> np.ndarray:
     sums = np.zeros(catalog.size, np.int64)
     counts = np.zeros(catalog.size, np.int64)
     for files in _partition_files(lake):
@@ -232,7 +235,8 @@ def _not_targeted(user_id: int, users: pd.DataFrame, date_from: dt.date, date_to
     status = STATUSES[int(row["status"])]
     day = int(row["next_delivery_on"])
     if status != "active":
-        return f"user {user_id} is not targeted: status is {status!r} (only 'active' users get a box)"
+        return (f"user {user_id} is not targeted: status is {status!r} "
+                "(only 'active' users get a box)")
     if day == NO_DATE:
         return f"user {user_id} is not targeted: next_delivery_on is null"
     on = _EPOCH + dt.timedelta(days=day)
@@ -369,8 +373,9 @@ def explain_box(
         FileNotFoundError: ``out_dir`` is not a finished run.
 
     Examples:
-        >>> explain_box("data/lake", 42, "2026-12-01", "2026-12-14",
-        ...             out_dir="data/run")[["slot", "snack_id", "stage", "reason"]]  # doctest: +SKIP
+        >>> box = explain_box("data/lake", 42, "2026-12-01", "2026-12-14",
+        ...                   out_dir="data/run")  # doctest: +SKIP
+        >>> box[["slot", "snack_id", "stage", "reason"]]  # doctest: +SKIP
     """
     date_from, date_to = _as_date(date_from, "date_from"), _as_date(date_to, "date_to")
     if date_to < date_from:

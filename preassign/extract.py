@@ -36,8 +36,10 @@ last), then ``<lake>/_CURRENT`` is replaced by that version's name
 (:class:`preassign.lake.Lake` resolves it): an atomic rename on a local disk, one
 PUT on S3. Readers see the old version or the new one, never a mix. The previous
 version is kept (a run that opened it keeps working); older ones are deleted. A
-failed extraction removes its own version; a killed one leaves a directory no
-pointer names, removed by a later extraction.
+failed extraction removes its own version (best effort: a range task still running
+may finish writing after that); a killed one leaves a directory no pointer names.
+Such unfinished versions (no ``_lake.json``) are deleted by the next successful
+extraction. Two extractions must not write into one lake at the same time.
 """
 
 from __future__ import annotations
@@ -206,15 +208,35 @@ def _to_arrow(name: str, rows: list[Any]) -> pa.Table:
     arrays = []
     for field, values in zip(schema, columns):
         try:
-            arrays.append(pa.array(list(values), type=field.type))
+            try:
+                arrays.append(pa.array(list(values), type=field.type))
+            except pa.ArrowTypeError:
+                if not pa.types.is_timestamp(field.type):
+                    raise
+                # a DATE column where a timestamp is expected: midnight UTC (SPEC §2 allows it)
+                arrays.append(pa.array([_midnight(v) for v in values], type=field.type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
-            example = next((v for v in values if v is not None), None)
+            example = next((v for v in values if not _fits(v, field.type)), None)
             raise SourceError(
                 f"table {name!r}, column {field.name!r}: cannot store the source's values as "
                 f"the lake's {field.type} (e.g. {example!r}: {exc}); fix the column's type or "
                 "values in the source"
             ) from None
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _fits(value: Any, type_: pa.DataType) -> bool:
+    try:
+        pa.array([_midnight(value)], type=type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _midnight(value: Any) -> Any:
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return dt.datetime.combine(value, dt.time())
+    return value
 
 
 def _fetch(conn: sa.Connection, name: str, stmt: sa.Select) -> pa.Table:
@@ -338,7 +360,8 @@ class _Store:
         pointer = self.path(POINTER)
         if not self.fs.isfile(pointer):
             if self.fs.isdir(self.root):
-                entries = {posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)}
+                entries = {posixpath.basename(p.rstrip("/"))
+                           for p in self.fs.ls(self.root, detail=False)}
                 clash = sorted(entries & ({MANIFEST} | set(TABLES)))
                 if clash:
                     raise LakeError(
@@ -374,18 +397,29 @@ class _Store:
             self.fs.pipe_file(pointer, data)
 
     def discard(self, version: str) -> None:
-        try:
-            if self.fs.exists(self.path(version)):
-                self.fs.rm(self.path(version), recursive=True)
-        except OSError:  # pragma: no cover - best effort; a later extraction prunes it
-            log.warning("could not remove the unfinished version %s", self.url_of(version))
+        """Best effort: a task still running elsewhere may write after this; such a
+        directory is never named by ``_CURRENT`` and a later extraction prunes it."""
+        for attempt in range(3):
+            try:
+                if self.fs.exists(self.path(version)):
+                    self.fs.rm(self.path(version), recursive=True)
+                return
+            except OSError:
+                time.sleep(0.2 * (attempt + 1))
+        log.warning("could not remove the unfinished version %s; a later extraction will",
+                    self.url_of(version))
 
-    def prune(self, keep: list[str | None]) -> list[str]:
-        """Delete versions older than the oldest one kept (the previous one)."""
-        kept = sorted(v for v in keep if v)
+    def is_complete(self, version: str) -> bool:
+        return self.fs.isfile(self.path(version, MANIFEST))
+
+    def prune(self, current: str, previous: str | None) -> list[str]:
+        """Delete the versions older than ``previous``, and unfinished ones older than
+        ``current`` (left by failed or killed extractions: never published)."""
         removed = []
         for name in self.versions():
-            if name < kept[0]:
+            if name in (current, previous) or name > current:
+                continue
+            if (previous is not None and name < previous) or not self.is_complete(name):
                 self.fs.rm(self.path(name), recursive=True)
                 removed.append(name)
         return removed
@@ -562,7 +596,7 @@ def extract_lake(
         store.discard(version)
         raise
     store.publish(version)
-    removed = store.prune([version, previous])
+    removed = store.prune(version, previous)
     log.info("published %s (previous %s; removed %s)", version, previous, removed or "none")
     return {
         "lake": lake_url,

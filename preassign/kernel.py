@@ -76,6 +76,19 @@ def _pack(x, low, bits, limit):  # pragma: no cover - compiled
     return (np.int64(micro) << bits) | low, False
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _eligible(c, d, u, launched, retired, flags, rating, ing_words, avoid_words, n_words):  # pragma: no cover
+    """Rules 1-5 of SPEC §3 for snack column c and the current user."""
+    if not (launched[c] <= d and retired[c] > d):
+        return False
+    if flags[c] & (_NG | _RECENT) or rating[c] == 1:
+        return False
+    for w in range(n_words):
+        if ing_words[c, w] & avoid_words[u, w]:
+            return False
+    return True
+
+
 @njit(cache=True, nogil=True)
 def _offer(top, n_top, g, key, cap):  # pragma: no cover - compiled
     """Insert ``key`` into genre g's descending top-``cap`` list."""
@@ -168,6 +181,7 @@ def assign_partition(
     for u in range(n_users):
         d = np.int64(day[u])
         k_box = np.int64(box[u])
+        first_out = n_out
         # latest ratings, and genre sums over them
         for i in range(r_ptr[u], r_ptr[u + 1]):
             c, t, r = r_col[i], r_t[i], r_val[i]
@@ -206,26 +220,6 @@ def assign_partition(
                     req_t[c] = t
         mean_u = sum_u / cnt_u if cnt_u > 0 else 0.0
 
-        # eligibility and scores
-        for c in range(n_snacks):
-            ok = launched[c] <= d and retired[c] > d and (flags[c] & (_NG | _RECENT)) == 0 \
-                and rating[c] != 1
-            if ok:
-                for w in range(n_words):
-                    if ing_words[c, w] & avoid_words[u, w]:
-                        ok = False
-                        break
-            eligible[c] = ok
-            if ok:
-                g = genre_of_col[c]
-                aff = sum_g[g] / cnt_g[g] - mean_u if cnt_g[g] > 0 else 0.0
-                x = prior[c] + own_of[rating[c]]
-                x = x + genre_weight * aff
-                x = x + fav_bonus * (1.0 if favorite[u, g] else 0.0)
-                key, bad = _pack(x, mask - c, bits, limit)
-                overflow |= bad
-                score_key[c] = key
-
         count = np.int64(0)
         for g in range(n_genres):
             genre_count[g] = 0
@@ -235,7 +229,8 @@ def assign_partition(
             m = 0
             for j in range(n_req):
                 c = req_cols[j]
-                if eligible[c]:
+                if _eligible(c, d, u, launched, retired, flags, rating, ing_words, avoid_words,
+                             n_words):
                     req_keys[m] = c
                     m += 1
             # order by (time, column): a small insertion sort
@@ -262,12 +257,26 @@ def assign_partition(
                 out_slot[n_out] = count
                 out_stage[n_out] = 0
                 n_out += 1
-        # 2. preference
+        # eligibility and scores; preference candidates are offered in the same pass
         target = k_box - explore_slots
-        if count < target:
-            for c in range(n_snacks):
-                if eligible[c] and flags[c] & _CHOSEN == 0:
-                    _offer(top, n_top, genre_of_col[c], score_key[c], cap)
+        offer = count < target
+        for c in range(n_snacks):
+            ok = _eligible(c, d, u, launched, retired, flags, rating, ing_words, avoid_words,
+                           n_words)
+            eligible[c] = ok
+            if ok:
+                g = genre_of_col[c]
+                aff = sum_g[g] / cnt_g[g] - mean_u if cnt_g[g] > 0 else 0.0
+                x = prior[c] + own_of[rating[c]]
+                x = x + genre_weight * aff
+                x = x + fav_bonus * (1.0 if favorite[u, g] else 0.0)
+                key, bad = _pack(x, mask - c, bits, limit)
+                overflow |= bad
+                score_key[c] = key
+                if offer and flags[c] & _CHOSEN == 0:
+                    _offer(top, n_top, g, key, cap)
+        # 2. preference
+        if offer:
             count, n_out = _take(top, n_top, merged, genre_count, genre_of_col, cap, count,
                                  target, mask, out_col, out_slot, out_stage, out_user, n_out, u,
                                  1, flags, n_genres)
@@ -293,15 +302,20 @@ def assign_partition(
                                  k_box, mask, out_col, out_slot, out_stage, out_user, n_out, u,
                                  3, flags, n_genres)
 
-        # reset the scratch rows
+        # reset the scratch rows: only what this user touched
         for i in range(r_ptr[u], r_ptr[u + 1]):
             c = r_col[i]
             rating[c] = 0
             best_t[c] = _I64_MIN
+            flags[c] = 0
         for i in range(q_ptr[u], q_ptr[u + 1]):
             req_t[q_col[i]] = _I64_MAX
-        for c in range(n_snacks):
-            flags[c] = 0
+        for i in range(d_ptr[u], d_ptr[u + 1]):
+            flags[d_col[i]] = 0
+        for i in range(n_ptr[u], n_ptr[u + 1]):
+            flags[n_col[i]] = 0
+        for i in range(first_out, n_out):
+            flags[out_col[i]] = 0
         for g in range(n_genres):
             sum_g[g] = 0.0
             cnt_g[g] = 0.0

@@ -145,10 +145,14 @@ def count_units_by_date(demand: pd.DataFrame) -> pd.DataFrame:
 # charts
 
 
-def _new_axes(width: float, height: float) -> Axes:
+def _new_axes(width: float, height: float, *, left: float = 0.7, bottom: float = 0.6,
+              top: float = 0.4, right: float = 0.2) -> Axes:
+    """A new figure's axes with fixed margins in inches (a layout engine would draw twice)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=100)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height)
     return fig.add_subplot()
 
 
@@ -201,7 +205,7 @@ def plot_demand_vs_stock(
             ax.text(u + right * 0.01, yi, f"{u}", va="center", fontsize=7.5, color="#333333")
         ax.set_xlim(0, right * 1.12)
     ax.set_yticks(y, labels, fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(data) - 0.4, -0.6)  # busiest on top, no empty band above or below
     ax.set_xlabel("units over the whole run")
     ax.set_title(f"Demand against stock: the {len(data)} busiest snacks", fontsize=11, loc="left")
     ax.grid(axis="x", color="#dddddd", linewidth=0.6)
@@ -217,13 +221,15 @@ def plot_units_by_date(demand: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Stacked bars of units per delivery date by stage (request, preference, explore, fallback)."""
     data = count_units_by_date(demand)
     if ax is None:
-        ax = _new_axes(9.0, 3.2)
+        ax = _new_axes(9.0, 3.4, bottom=0.9)
     x = np.arange(len(data))
     bottom = np.zeros(len(data), np.int64)
     for col, color in zip(STAGE_COLUMNS, _STAGE_COLORS):
         values = data[col].to_numpy(np.int64)
         ax.bar(x, values, bottom=bottom, color=color, label=col.removeprefix("units_"))
         bottom += values
+    if len(data):
+        ax.set_ylim(0, max(int(bottom.max()), 1) * 1.1)
     ax.set_xticks(x, [d.strftime("%m-%d") for d in data["delivery_on"]], fontsize=8)
     ax.set_ylabel("units")
     ax.set_title("Units per delivery date, by stage", fontsize=11, loc="left")
@@ -262,11 +268,10 @@ table{border-collapse:collapse;background:#fff;font-size:13px;margin:4px 0 8px}
 th,td{border:1px solid #e2e2e2;padding:3px 9px;text-align:right}
 th{background:#f0f0f0;font-weight:600}
 td.l,th.l{text-align:left}
-tr.short td{color:#c62828}
 img.chart{max-width:100%;background:#fff;border:1px solid #e2e2e2;border-radius:6px}
 .bar{display:flex;height:18px;width:480px;max-width:100%;border-radius:4px;overflow:hidden;
  border:1px solid #ccc;margin:6px 0}
-.bar .full{background:#4C78A8}.bar .short{background:#E45756}
+.bar .full{background:#2E7D32}.bar .short{background:#C62828}
 .grid{display:flex;flex-wrap:wrap;gap:32px;align-items:flex-start}
 .note{color:#666;font-size:12px}
 h3{font-size:14px;margin:12px 0 4px}
@@ -291,25 +296,27 @@ def _num(value: Any) -> str:
     return _e(value)
 
 
-def _table(frame: pd.DataFrame, *, left: tuple[str, ...] = (), row_class: pd.Series | None = None,
+def _table(columns: list[str], rows: Any, *, left: tuple[str, ...] = (),
            table_id: str | None = None) -> str:
-    head = "".join(f'<th class="{"l" if c in left else ""}">{_e(c)}</th>' for c in frame.columns)
-    rows = []
-    for i, record in enumerate(frame.itertuples(index=False, name=None)):
-        cls = f' class="{_e(row_class.iloc[i])}"' if row_class is not None and row_class.iloc[i] else ""
-        cells = "".join(
-            f'<td class="{"l" if c in left else ""}">{_num(v)}</td>'
-            for c, v in zip(frame.columns, record)
-        )
-        rows.append(f"<tr{cls}>{cells}</tr>")
+    """An HTML table; ``rows`` yields tuples; columns named in ``left`` align left."""
+    align = [' class="l"' if c in left else "" for c in columns]
+    head = "".join(f"<th{a}>{_e(c)}</th>" for a, c in zip(align, columns))
+    body = "".join(
+        "<tr>" + "".join(f"<td{a}>{_num(v)}</td>" for a, v in zip(align, record)) + "</tr>"
+        for record in rows
+    )
     ident = f' id="{_e(table_id)}"' if table_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _frame_table(frame: pd.DataFrame, *, left: tuple[str, ...] = (), table_id: str) -> str:
+    return _table([str(c) for c in frame.columns], frame.itertuples(index=False, name=None),
+                  left=left, table_id=table_id)
 
 
 def _mapping_table(values: Mapping[str, Any], key: str, value: str, table_id: str) -> str:
-    frame = pd.DataFrame({key: [str(k) for k in values], value: list(values.values())})
-    return _table(frame, left=(key, value) if frame[value].map(
-        lambda v: isinstance(v, str)).any() else (key,), table_id=table_id)
+    left = (key, value) if any(isinstance(v, str) for v in values.values()) else (key,)
+    return _table([key, value], values.items(), left=left, table_id=table_id)
 
 
 def _img(fig: Figure, alt: str, img_id: str) -> str:
@@ -368,8 +375,8 @@ def render_report(
         f"<title>preassign run {span}</title><style>{_CSS}</style></head><body>",
         f"<h1>Pre-assignment {span}</h1>",
         f'<div class="sub">run {_e(summary.get("run_id", "?"))} · finished '
-        f'{_e(summary.get("finished_at", "?"))} · lake {_e((summary.get("lake") or {}).get("url", "?"))}'
-        "</div>",
+        f'{_e(summary.get("finished_at", "?"))} · lake '
+        f'{_e((summary.get("lake") or {}).get("url", "?"))}</div>',
         f'<div class="cards" id="headline">{"".join(cards)}</div>',
     ]
 
@@ -395,7 +402,7 @@ def render_report(
     else:
         parts.append(f"<p>{len(shortages):,} of {len(shortage):,} snacks in demand are short by "
                      f"{int(shortages['shortage'].sum()):,} units in total, largest first.</p>")
-        parts.append(f'<div class="scroll">{_table(shortages, table_id="shortage")}</div>')
+        parts.append(f'<div class="scroll">{_frame_table(shortages, table_id="shortage")}</div>')
 
     # boxes
     parts.append("<h2>Boxes</h2>")
@@ -416,7 +423,7 @@ def render_report(
         by_date = by_date.assign(delivery_on=by_date["delivery_on"].astype(str)).merge(
             counts, on="delivery_on", how="outer").fillna(0)
         by_date = by_date.astype({c: np.int64 for c in by_date.columns if c != "delivery_on"})
-    grid = [f'<div>{_table(by_date, left=("delivery_on",), table_id="by-date")}</div>']
+    grid = [f'<div>{_frame_table(by_date, left=("delivery_on",), table_id="by-date")}</div>']
     if len(by_date) and len(demand):
         grid.insert(0, "<div>" + _img(plot_units_by_date(demand).figure,
                                       "units per delivery date by stage", "units-by-date")
@@ -427,20 +434,25 @@ def render_report(
     parts.append("<h2>Run</h2>")
     seconds = summary.get("stage_seconds") or {}
     cluster = summary.get("cluster") or {}
-    left = [f'<div><h3>Stage timings (s)</h3>{_mapping_table(seconds, "stage", "seconds", "timings")}</div>',
-            f'<div><h3>Cluster</h3>{_mapping_table(cluster, "setting", "value", "cluster")}</div>']
+    left = [
+        "<div><h3>Stage timings (s)</h3>"
+        f'{_mapping_table(seconds, "stage", "seconds", "timings")}</div>',
+        f'<div><h3>Cluster</h3>{_mapping_table(cluster, "setting", "value", "cluster")}</div>',
+    ]
     rows = summary.get("input_rows") or {}
     orphans = summary.get("orphan_rows") or {}
     if rows:
         frame = pd.DataFrame({"table": list(rows), "rows": [int(v) for v in rows.values()],
                               "orphans": [int(orphans.get(k, 0)) for k in rows]})
-        left.append(f'<div><h3>Rows read</h3>{_table(frame, left=("table",), table_id="rows")}</div>')
+        rows_table = _frame_table(frame, left=("table",), table_id="rows")
+        left.append(f"<div><h3>Rows read</h3>{rows_table}</div>")
     parts.append(f'<div class="grid">{"".join(left)}</div>')
     params = summary.get("parameters") or {}
     versions = summary.get("versions") or {}
     parts.append(
         '<div class="grid">'
-        f'<div><h3>Parameters</h3>{_mapping_table(params, "parameter", "value", "parameters")}</div>'
+        "<div><h3>Parameters</h3>"
+        f'{_mapping_table(params, "parameter", "value", "parameters")}</div>'
         f'<div><h3>Versions</h3>{_mapping_table(versions, "package", "version", "versions")}</div>'
         "</div>"
     )

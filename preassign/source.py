@@ -274,8 +274,9 @@ def render_mysql_ddl() -> str:
 
 
 # userinfo up to the *last* "@": what a human means when a password holds an unquoted "@"
-_USERINFO = re.compile(r"^(?P<scheme>[^:/]+://)(?P<user>[^:@/]*)(?::(?P<password>.*))?@(?P<rest>[^@]*)$",
-                       re.DOTALL)
+_USERINFO = re.compile(
+    r"^(?P<scheme>[^:/]+://)(?P<user>[^:@/]*)(?::(?P<password>.*))?@(?P<rest>[^@]*)$", re.DOTALL
+)
 
 
 def _ambiguous_password(text: str, parsed: URL) -> bool:

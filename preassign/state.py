@@ -164,16 +164,19 @@ def prepare_partition(
         problems.extend(found)
         tables[name] = norm
     users = dedupe_keyed("users", tables["users"], "user_id")
+    users = users.sort_values("user_id", kind="stable").reset_index(drop=True)
     tables["users"] = users
-    user_ids = np.sort(users["user_id"].to_numpy(np.int64))
+    user_ids = users["user_id"].to_numpy(np.int64)
     for name in USER_KEYED[1:]:
         frame = tables[name]
-        uid = frame["user_id"].to_numpy(np.int64)
-        keep = lookup(user_ids, uid)[1]
+        urow, keep = lookup(user_ids, frame["user_id"].to_numpy(np.int64))
+        extra = {"_urow": urow}
         if TABLES[name].has_snack:
-            _, known = catalog.columns_of(frame["snack_id"].to_numpy(np.int64))
+            col, known = catalog.columns_of(frame["snack_id"].to_numpy(np.int64))
             keep &= known
+            extra["_col"] = col
         orphans[name] = int((~keep).sum())
+        frame = frame.assign(**extra)  # row of the user in `users`, column of the snack
         if not keep.all():
             frame = frame.loc[keep].reset_index(drop=True)
         tables[name] = frame
@@ -266,10 +269,13 @@ def lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndar
     if hi - lo <= 16 * n + 4096:
         table = np.full(hi - lo + 1, -1, np.int64)
         table[sorted_ids - lo] = np.arange(n)
-        inside = (ids >= lo) & (ids <= hi)
-        pos = np.where(inside, table[np.clip(ids - lo, 0, hi - lo)], -1)
+        if int(ids.min()) >= lo and int(ids.max()) <= hi:  # the usual case: one gather
+            pos = table[ids - lo]
+        else:
+            inside = (ids >= lo) & (ids <= hi)
+            pos = np.where(inside, table[np.clip(ids - lo, 0, hi - lo)], -1)
         found = pos >= 0
-        return np.where(found, pos, 0), found
+        return np.maximum(pos, 0), found
     pos = np.minimum(np.searchsorted(sorted_ids, ids), n - 1)
     return pos, sorted_ids[pos] == ids
 
@@ -480,14 +486,26 @@ def build_sparse_state(
     box = np.where(box == 0, params.default_box_size, box).astype(np.int32)
     n_u, n_g = len(uid), len(catalog.genres)
 
+    # partition user row -> target row (-1 if not a target); `users` is sorted by user_id
+    target_of = np.full(len(users) + 1, -1, np.int64)
+    target_of[np.flatnonzero(target)] = np.arange(n_u)
+
+    def rows(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        if "_urow" in frame:
+            row = target_of[frame["_urow"].to_numpy(np.int64)]
+            return row, row >= 0
+        return _rows_of(frame["user_id"].to_numpy(np.int64), uid)
+
     def grouped(name: str, *cols: str) -> tuple[np.ndarray, ...]:
         frame = tables[name]
-        row, hit = _rows_of(frame["user_id"].to_numpy(np.int64), uid)
+        row, hit = rows(frame)
         values = []
         for c in cols:
-            v = frame[c].to_numpy()
             if c == "snack_id":
-                v = catalog.columns_of(v.astype(np.int64))[0]
+                v = frame["_col"].to_numpy(np.int64) if "_col" in frame else \
+                    catalog.columns_of(frame[c].to_numpy(np.int64))[0]
+            else:
+                v = frame[c].to_numpy()
             values.append(v[hit])
         return _csr(row[hit], n_u, *values)
 
@@ -497,16 +515,18 @@ def build_sparse_state(
     q_ptr, q_col, q_t = grouped("requests", "snack_id", "requested_at")
 
     avoid = tables["avoid_ingredients"]
-    row, hit = _rows_of(avoid["user_id"].to_numpy(np.int64), uid)
-    has = np.zeros((n_u, len(catalog.ingredients)), bool)
+    row, hit = rows(avoid)
+    n_words = max(1, -(-len(catalog.ingredients) // 64))
+    avoid_words = np.zeros((n_u, n_words), np.uint64)
     if catalog.ingredients and hit.any():
         names = np.array(catalog.ingredients, dtype=object)
         ing = avoid["ingredient"].to_numpy(object)
         k = np.minimum(np.searchsorted(names, ing), len(names) - 1)
         known = hit & (names[k] == ing)
-        has[row[known], k[known]] = True
+        bit = np.left_shift(np.uint64(1), (k[known] % 64).astype(np.uint64))
+        np.bitwise_or.at(avoid_words, (row[known], k[known] // 64), bit)
     prefs = tables["genre_prefs"]
-    row, hit = _rows_of(prefs["user_id"].to_numpy(np.int64), uid)
+    row, hit = rows(prefs)
     favorite = np.zeros((n_u, n_g), bool)
     if n_g and hit.any():
         names = np.array(catalog.genres, dtype=object)
@@ -521,7 +541,7 @@ def build_sparse_state(
         d_ptr=d_ptr, d_col=d_col.astype(np.int64), d_day=d_day.astype(np.int32),
         n_ptr=n_ptr, n_col=n_col.astype(np.int64),
         q_ptr=q_ptr, q_col=q_col.astype(np.int64), q_t=q_t.astype(np.int64),
-        avoid_words=_pack_bits(has), favorite=favorite,
+        avoid_words=avoid_words, favorite=favorite,
     )
 
 
@@ -533,10 +553,14 @@ def latest_rating_totals(
     if engine == "numba":
         from .kernel import latest_rating_sums
 
-        user_ids = np.sort(tables["users"]["user_id"].to_numpy(np.int64))
-        row, _ = lookup(user_ids, ratings["user_id"].to_numpy(np.int64))
-        col, _ = catalog.columns_of(ratings["snack_id"].to_numpy(np.int64))
-        ptr, col, val, t = _csr(row, len(user_ids), col, ratings["rating"].to_numpy(np.int8),
+        n_users = len(tables["users"])
+        if "_urow" in ratings:
+            row, col = ratings["_urow"].to_numpy(np.int64), ratings["_col"].to_numpy(np.int64)
+        else:
+            user_ids = np.sort(tables["users"]["user_id"].to_numpy(np.int64))
+            row = lookup(user_ids, ratings["user_id"].to_numpy(np.int64))[0]
+            col = catalog.columns_of(ratings["snack_id"].to_numpy(np.int64))[0]
+        ptr, col, val, t = _csr(row, n_users, col, ratings["rating"].to_numpy(np.int8),
                                 ratings["rated_at"].to_numpy(np.int64))
         return latest_rating_sums(ptr, col, val, t, catalog.size)
     latest = latest_ratings(ratings)
