@@ -117,9 +117,10 @@ _common_logging = [
 ]
 
 _cluster_options = [
-    click.option("--cluster", "cluster_kind", default="local", show_default=True,
+    click.option("--cluster", "cluster_kind", default=None,
                  help="'local' (a LocalCluster), 'fargate' (ECS Fargate), or a scheduler "
-                      "address such as tcp://10.0.0.5:8786."),
+                      "address such as tcp://10.0.0.5:8786 [default: 'kind' in "
+                      "cluster/defaults.yaml, i.e. local]."),
     click.option("--workers", type=click.IntRange(min=1),
                  help="Number of workers (default: local - one per core; fargate - from "
                       "cluster/defaults.yaml)."),
@@ -296,13 +297,27 @@ def run(lake: str | None, date_from: dt.date, date_to: dt.date | None, out: str,
     except (LakeError, OutputExistsError) as exc:
         log.error("event=run_failed kind=bad_input error=%s", exc)
         raise BadInput(str(exc)) from None
-    except (OSError, TimeoutError, ConnectionError) as exc:
-        log.error("event=run_failed kind=infrastructure error=%s", exc)
+    except Exception as exc:
+        if not _is_infrastructure(exc):
+            raise
+        log.error("event=run_failed kind=infrastructure error=%s: %s", type(exc).__name__, exc)
         raise InfraFailure(f"{type(exc).__name__}: {exc}") from None
     s = result.summary
     log.info("event=run_done users_targeted=%d boxes_full=%d boxes_short=%d units_total=%d",
              s["users_targeted"], s["boxes_full"], s["boxes_short"], s["units_total"])
     _print_result(result)
+
+
+def _is_infrastructure(exc: BaseException) -> bool:
+    """Failures of the cluster, storage or network (exit 3), as opposed to bad input."""
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    infra = (OSError, TimeoutError, ConnectionError, KilledWorker, CommClosedError,
+             FutureCancelledError)
+    return isinstance(exc, infra) or type(exc).__name__ in ("ClusterVersionMismatch",
+                                                             "OperationalError")
 
 
 def _print_result(result: Any, top: int = 10) -> None:

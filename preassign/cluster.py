@@ -38,12 +38,15 @@ builds its keyword arguments, and the security decisions live there:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import dataclasses
 import logging
 import os
+import threading
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -53,6 +56,7 @@ from typing import Any
 import distributed
 import yaml
 from dask.utils import parse_bytes, parse_timedelta
+from distributed.core import Status
 from distributed.security import Security
 
 logger = logging.getLogger(__name__)
@@ -113,7 +117,7 @@ BUILTIN_DEFAULTS: Mapping[str, Any] = _freeze(
         "connect_timeout": 60,
         "local": {
             "workers": None,
-            "threads_per_worker": None,
+            "threads_per_worker": 1,
             "memory_limit": "auto",
             "adapt": None,
         },
@@ -179,6 +183,12 @@ _STACK_OUTPUTS = {
     "task_role_arn": "TaskRoleArn",
     "log_group": "LogGroupName",
     "tls_secret_arn": "TlsSecretArn",
+}
+
+# dask-cloudprovider's weakref.finalize callbacks that deregister its task definitions.
+_TASK_DEFINITION_CLEANUPS = {
+    "_delete_scheduler_task_definition_arn",
+    "_delete_worker_task_definition_arn",
 }
 
 # dask-cloudprovider's TLS consistency check compares type(arg) to the string "str", so it
@@ -305,15 +315,12 @@ class ClusterSpec:
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
         if self.tags is not None:
-            object.__setattr__(self, "tags", MappingProxyType(dict(self.tags)))
+            object.__setattr__(self, "tags", dict(self.tags))  # a copy: frozen means frozen
+        given = _given_fields(self)
+        _check_values(given, source="ClusterSpec")
         if self.kind is not None:
             _check_kind(self.kind)
-        given = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in ("kind", "config_path") and getattr(self, f.name) is not None
-        }
-        _check_values(given, source="ClusterSpec")
+            _check_fields_apply(self.kind, given)
 
 
 def parse_adapt(text: str) -> tuple[int, int]:
@@ -392,6 +399,8 @@ def load_defaults(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
             f"cluster defaults file {path} does not exist; fix the path (or unset "
             f"{CONFIG_ENV_VAR}), starting from a copy of cluster/defaults.yaml"
         ) from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {e}") from e
     if data is None:
         return defaults
     if not isinstance(data, Mapping):
@@ -700,25 +709,12 @@ def _resolve(spec: ClusterSpec) -> dict[str, Any]:
     kind = spec.kind if spec.kind is not None else defaults["kind"]
     _check_kind(kind, source=source)
     settings: dict[str, Any] = {"kind": kind, "connect_timeout": defaults["connect_timeout"]}
-    allowed = {"connect_timeout"}
     if kind in ("local", "fargate"):
         settings.update(defaults[kind])
-        allowed |= set(defaults[kind])
     if kind == "fargate" or kind.startswith("tls://"):
         settings.update({name: defaults["tls"][key] for name, key in _TLS_KEYS.items()})
-        allowed |= set(_TLS_KEYS)
-    given = {
-        f.name: getattr(spec, f.name)
-        for f in dataclasses.fields(spec)
-        if f.name not in ("kind", "config_path") and getattr(spec, f.name) is not None
-    }
-    misplaced = sorted(set(given) - allowed)
-    if misplaced:
-        where = kind if kind in ("local", "fargate") else f"scheduler address {kind}"
-        raise ValueError(
-            f"{', '.join(misplaced)} cannot be set for a {where} cluster; it applies to: "
-            + "; ".join(f"{name} -> {_applies_to(name)}" for name in misplaced)
-        )
+    given = _given_fields(spec)
+    _check_fields_apply(kind, given)
     _check_values(settings, source=source)
     settings.update(given)
     if settings.get("adapt") is not None:
@@ -728,6 +724,31 @@ def _resolve(spec: ClusterSpec) -> dict[str, Any]:
             settings[name] = tuple(settings[name] or ())
     _check_combination(settings, spec)
     return settings
+
+
+def _given_fields(spec: ClusterSpec) -> dict[str, Any]:
+    """Return the settings a spec sets (not None), without kind and config_path."""
+    return {
+        f.name: getattr(spec, f.name)
+        for f in dataclasses.fields(spec)
+        if f.name not in ("kind", "config_path") and getattr(spec, f.name) is not None
+    }
+
+
+def _check_fields_apply(kind: str, given: Mapping[str, Any]) -> None:
+    """Refuse settings that the cluster kind would ignore."""
+    allowed = {"connect_timeout"}
+    if kind in ("local", "fargate"):
+        allowed |= set(BUILTIN_DEFAULTS[kind])
+    if kind == "fargate" or kind.startswith("tls://"):
+        allowed |= set(_TLS_KEYS)
+    misplaced = sorted(set(given) - allowed)
+    if misplaced:
+        where = kind if kind in ("local", "fargate") else f"scheduler address {kind}"
+        raise ValueError(
+            f"{', '.join(misplaced)} cannot be set for a {where} cluster; each applies to: "
+            + "; ".join(f"{name} -> {_applies_to(name)}" for name in misplaced)
+        )
 
 
 def _applies_to(name: str) -> str:
@@ -947,6 +968,7 @@ def _start_fargate_cluster(kwargs: Mapping[str, Any]) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_BOGUS_TLS_WARNING, category=UserWarning)
         cluster = FargateCluster(**kwargs)
+    _close_at_exit(cluster)
     logger.info("FargateCluster scheduler at %s", cluster.scheduler_address)
     return cluster
 
@@ -988,12 +1010,58 @@ def _shutdown(client: distributed.Client | None, cluster: Any, *, raise_errors: 
         if thing is None:
             continue
         try:
+            if what == "cluster":
+                _deregister_task_definitions(thing)
             thing.close()
         except Exception as e:  # keep closing the rest: a cluster must not be left running
             logger.warning("Closing the Dask %s failed: %s", what, e)
             errors.append(e)
     if errors and raise_errors:
         raise errors[0]
+
+
+def _close_at_exit(cluster: Any) -> None:
+    """Stop a Fargate cluster still open when Python exits (``keep_open=True``, no close).
+
+    distributed's own exit hook for open clusters runs as a normal ``atexit`` callback,
+    after Python has shut down the thread pools that aiobotocore needs for its requests, so
+    its StopTask calls fail and the tasks run on until the idle timeout. Callbacks
+    registered through ``threading._register_atexit`` run earlier, while requests still
+    work (falling back to ``atexit`` where that private hook is missing).
+    """
+
+    def close_if_open() -> None:
+        if cluster.status not in (Status.closing, Status.closed):
+            logger.warning("Closing the Fargate cluster %s left open at exit", cluster.name)
+            _shutdown(None, cluster, raise_errors=False)
+
+    register = getattr(threading, "_register_atexit", atexit.register)
+    try:
+        register(close_if_open)
+    except RuntimeError:  # already shutting down: nothing to register for
+        pass
+
+
+def _deregister_task_definitions(cluster: Any) -> None:
+    """Deregister the task definitions a FargateCluster registered, while it can.
+
+    dask-cloudprovider deregisters them in ``weakref.finalize`` callbacks that hold the
+    cluster alive until interpreter exit, when its event loop is closed: they fail with
+    "IOLoop is closed" tracebacks and the definitions stay registered. Running those two
+    callbacks before ``close()`` does the work on the live loop (running tasks are not
+    affected) and leaves nothing to fail at exit. Callbacks that delete resources the
+    cluster created itself (never the case with :func:`fargate_kwargs`) are left alone.
+    """
+    registry = getattr(weakref.finalize, "_registry", {})
+    for finalizer in list(registry):
+        info = finalizer.peek()
+        if info is None or info[0] is not cluster or not info[2]:
+            continue
+        if getattr(info[2][0], "__name__", "") in _TASK_DEFINITION_CLEANUPS:
+            try:
+                finalizer()
+            except Exception as e:  # a leftover task definition costs nothing
+                logger.warning("Deregistering a Fargate task definition failed: %s", e)
 
 
 def _thaw(value: Any) -> Any:
