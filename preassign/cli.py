@@ -54,6 +54,7 @@ def _setup_logging(level: str, logfile: str | None) -> None:
     for noisy in ("distributed", "bokeh", "tornado", "asyncio", "fsspec", "s3fs", "botocore",
                   "aiobotocore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("bokeh").setLevel(logging.ERROR)  # dashboard host warnings
 
 
 def _parse_date(_ctx: Any, param: click.Parameter, value: str | None) -> dt.date | None:
@@ -160,8 +161,39 @@ def _cluster_spec(kind: str, workers: int | None, threads: int | None, memory: s
         raise click.BadParameter(str(exc)) from None
 
 
+_source_options = [
+    click.option("--source", help="SQLAlchemy URL of the source database, e.g. "
+                                  "mysql+pymysql://user@host/db or sqlite:///snacks.db. Prefer "
+                                  "--source-file or $PREASSIGN_SOURCE_URL when it holds a password."),
+    click.option("--source-file", type=click.Path(exists=True, dir_okay=False),
+                 help="File whose first non-comment line is the source URL (keeps the password "
+                      "off the command line)."),
+]
+
+
+def _source_errors(work: Any) -> Any:
+    """Run ``work()`` mapping source errors to exit codes (1 bad input, 3 unreachable)."""
+    from .contract import LakeError
+    from .source import SourceConnectionError, SourceError
+
+    try:
+        return work()
+    except LakeError as exc:
+        log.error("event=source_failed kind=bad_input error=%s", exc)
+        raise BadInput(str(exc)) from None
+    except SourceConnectionError as exc:
+        log.error("event=source_failed kind=infrastructure error=%s", exc)
+        raise InfraFailure(str(exc)) from None
+    except SourceError as exc:
+        log.error("event=source_failed kind=bad_input error=%s", exc)
+        raise BadInput(str(exc)) from None
+
+
 @main.command(context_settings=CONTEXT)
-@click.option("--out", required=True, help="Lake root to write: a directory or s3://bucket/prefix.")
+@click.option("--out", help="Lake root to write: a directory or s3://bucket/prefix.")
+@click.option("--db", help="Instead of a lake, fill this database (SQLAlchemy URL; the password "
+                           "may come from $PREASSIGN_SOURCE_URL) with the same data.")
+@click.option("--replace", is_flag=True, help="With --db: replace tables that already hold rows.")
 @click.option("--users", required=True, type=click.IntRange(min=0), help="Number of users.")
 @click.option("--snacks", default=300, show_default=True, type=click.IntRange(min=1),
               help="Number of snacks in the lineup.")
@@ -175,22 +207,36 @@ def _cluster_spec(kind: str, workers: int | None, threads: int | None, memory: s
               help="fsspec/s3fs option, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable).")
 @_apply(_cluster_options[:4])
 @_apply(_common_logging)
-def synth(out: str, users: int, snacks: int, seed: int, as_of: dt.date | None,
-          users_per_partition: int, storage_option: tuple[str, ...], cluster_kind: str,
-          workers: int | None, threads_per_worker: int | None, memory_limit: str | None,
-          loglevel: str, logfile: str | None, silent: bool) -> None:
+def synth(out: str | None, db: str | None, replace: bool, users: int, snacks: int, seed: int,
+          as_of: dt.date | None, users_per_partition: int, storage_option: tuple[str, ...],
+          cluster_kind: str, workers: int | None, threads_per_worker: int | None,
+          memory_limit: str | None, loglevel: str, logfile: str | None, silent: bool) -> None:
     """Generate a deterministic synthetic lake (SPEC §2), co-partitioned by user.
 
+    With --db, fill a source database with exactly the same data instead.
+
     \b
-    Example:
+    Examples:
       preassign synth --out data/lake --users 100000 --date 2026-12-01
+      preassign synth --db sqlite:///data/snacks.db --users 10000 --date 2026-12-01
     """
     from .synth import SynthConfig, write_lake
 
     _setup_logging(loglevel, logfile)
+    if (out is None) == (db is None):
+        raise click.UsageError("give exactly one of --out LAKE or --db URL")
     cfg = SynthConfig(users=users, snacks=snacks, seed=seed,
                       as_of=as_of or dt.datetime.now(dt.timezone.utc).date(),
                       users_per_partition=users_per_partition)
+    if db is not None:
+        from .source import create_engine_from_url, load_synthetic, mask_url, resolve_source_url
+
+        url = _source_errors(lambda: resolve_source_url(db))
+        log.info("event=synth_db_start users=%d db=%s", users, mask_url(url))
+        rows = _source_errors(lambda: load_synthetic(create_engine_from_url(url), cfg,
+                                                     replace=replace))
+        click.echo(f"filled {mask_url(url)}: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+        return
     spec = _cluster_spec(cluster_kind, workers, threads_per_worker, memory_limit,
                          None, None, None, None)
     opts = _storage_options(storage_option)
@@ -222,7 +268,62 @@ def _with_cluster(spec: Any, work: Any) -> Any:
 
 
 @main.command(context_settings=CONTEXT)
+@_apply(_source_options)
+@click.option("--lake", required=True, help="Lake root to publish to: a directory or "
+                                            "s3://bucket/prefix.")
+@click.option("--users-per-partition", default=50_000, show_default=True,
+              type=click.IntRange(min=1), help="User ids per co-partitioned file.")
+@click.option("--incremental", is_flag=True,
+              help="Add only rows of ratings, deliveries and requests newer than the last "
+                   "extraction's watermark; other tables are refreshed whole.")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec/s3fs option for the lake (repeatable).")
+@_apply(_cluster_options[:4])
+@_apply(_common_logging)
+def extract(source: str | None, source_file: str | None, lake: str, users_per_partition: int,
+            incremental: bool, storage_option: tuple[str, ...], cluster_kind: str | None,
+            workers: int | None, threads_per_worker: int | None, memory_limit: str | None,
+            loglevel: str, logfile: str | None, silent: bool) -> None:
+    """Extract the source database (MySQL/Aurora or SQLite) into a co-partitioned lake.
+
+    Reads each table in user-id ranges in parallel on the cluster and publishes a new
+    version of the lake atomically (readers never see a half-written lake).
+
+    \b
+    Example:
+      PREASSIGN_SOURCE_URL='mysql+pymysql://etl:...@aurora.internal/snacks' \\
+        preassign extract --lake s3://my-lake/snacks --incremental
+    """
+    _setup_logging(loglevel, logfile)
+    summary = _extract(source, source_file, lake, users_per_partition, incremental,
+                       _storage_options(storage_option),
+                       _cluster_spec(cluster_kind, workers, threads_per_worker, memory_limit,
+                                     None, None, None, None), silent)
+    click.echo(f"published {summary['lake']} version {summary['version']} ({summary['mode']}): "
+               + ", ".join(f"{k} {v:,}" for k, v in summary["rows"].items()))
+
+
+def _extract(source: str | None, source_file: str | None, lake: str, users_per_partition: int,
+             incremental: bool, opts: dict[str, Any], spec: Any, silent: bool) -> dict[str, Any]:
+    from .extract import extract_lake
+    from .source import mask_url, resolve_source_url
+
+    url = _source_errors(lambda: resolve_source_url(source, source_file=source_file))
+    log.info("event=extract_start source=%s lake=%s incremental=%s", mask_url(url), lake,
+             incremental)
+    summary = _with_cluster(spec, lambda client: _source_errors(lambda: extract_lake(
+        url, lake, users_per_partition=users_per_partition, incremental=incremental,
+        storage_options=opts, client=client, progress=_interactive(silent))))
+    log.info("event=extract_done version=%s mode=%s", summary["version"], summary["mode"])
+    return summary
+
+
+@main.command(context_settings=CONTEXT)
 @click.option("--lake", help="Lake root: a directory or s3://bucket/prefix.")
+@_apply(_source_options)
+@click.option("--incremental/--full", default=None,
+              help="With --source: incremental or full extraction before the run [default: "
+                   "incremental when the lake already has an extraction, else full].")
 @click.option("--date", "date_from", required=True, callback=_parse_date,
               help="Delivery date to pre-assign (YYYY-MM-DD), or the first of a range.")
 @click.option("--until", "date_to", callback=_parse_date,
@@ -241,7 +342,8 @@ def _with_cluster(spec: Any, work: Any) -> Any:
               help="fsspec/s3fs option for the lake and the output (repeatable).")
 @_apply(_cluster_options)
 @_apply(_common_logging)
-def run(lake: str | None, date_from: dt.date, date_to: dt.date | None, out: str,
+def run(lake: str | None, source: str | None, source_file: str | None, incremental: bool | None,
+        date_from: dt.date, date_to: dt.date | None, out: str,
         overrides: tuple[str, ...], on_invalid: str, overwrite: bool, users_per_partition: int,
         storage_option: tuple[str, ...], cluster_kind: str, workers: int | None,
         threads_per_worker: int | None, memory_limit: str | None, worker_cpu: int | None,
@@ -251,6 +353,9 @@ def run(lake: str | None, date_from: dt.date, date_to: dt.date | None, out: str,
 
     Writes assignments/, demand/, shortage/ and summary.json under --out, all at once
     when the run has succeeded.
+
+    With --source (or --source-file, or $PREASSIGN_SOURCE_URL and --lake), first extracts
+    the database into --lake, then runs: one command for the scheduled job.
 
     \b
     Example:
@@ -263,7 +368,7 @@ def run(lake: str | None, date_from: dt.date, date_to: dt.date | None, out: str,
 
     _setup_logging(loglevel, logfile)
     if lake is None:
-        raise click.UsageError("give --lake")
+        raise click.UsageError("give --lake (with --source, the lake to extract into)")
     try:
         params = Params.from_mapping(parse_overrides(overrides))
     except ParamError as exc:
@@ -283,6 +388,19 @@ def run(lake: str | None, date_from: dt.date, date_to: dt.date | None, out: str,
 
     log.info("event=run_start lake=%s date_from=%s date_to=%s out=%s", lake, config.date_from,
              config.date_to, out)
+    if source or source_file:
+        try:
+            from .lake import Output
+
+            Output(out, opts, overwrite=overwrite).check_writable()
+        except OutputExistsError as exc:
+            raise BadInput(str(exc)) from None
+        if incremental is None:
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(lake, **opts)
+            incremental = fs.isfile(path.rstrip("/") + "/_CURRENT")
+        _extract(source, source_file, lake, users_per_partition, incremental, opts, spec, silent)
     try:  # fail fast, before a cluster is started
         from .lake import Output, open_lake
 

@@ -5,11 +5,15 @@ Design
 :func:`explain_box` re-runs the same pure functions as the pipeline
 (:func:`~preassign.state.prepare_partition`, :func:`~preassign.state.build_user_state`,
 :func:`~preassign.assign.assign_snacks`) on a "partition" of exactly one user, so the box
-it explains is the box the run assigned, not a re-implementation of the rules. Only that
-user's rows are read: each user-keyed table is opened as a :mod:`pyarrow.dataset` with a
-``user_id == u`` filter (row groups that cannot hold the user are skipped by their
-statistics), and on a co-partitioned lake only the one file whose ``_lake.json`` range
-holds the user is opened.
+it explains is the box the run assigned, not a re-implementation of the rules. (Runs use
+the compiled kernel by default, ``RunConfig(engine="numba")``, which the tests hold equal
+to these numpy functions; ``tests/test_explain.py`` compares explained boxes with the
+run's ``assignments/``.)
+
+Only that user's rows are read: each user-keyed table is opened as a
+:mod:`pyarrow.dataset` with a ``user_id == u`` filter (row groups that cannot hold the
+user are skipped by their statistics), and on a co-partitioned lake only the one file
+whose ``_lake.json`` range holds the user is opened.
 
 The snack priors are the one input that depends on the whole lake (every user's latest
 ratings). With ``out_dir`` they come from the run's ``snack_prior/`` output (per-snack
@@ -248,7 +252,8 @@ def _fmt(x: float, sign: bool = False) -> str:
     return f"{x:+.2f}" if sign else f"{x:.3f}"
 
 
-def _reasons(frame: pd.DataFrame, params: Params, day: dt.date, launched: np.ndarray) -> list[str]:
+def _reasons(frame: pd.DataFrame, params: Params, day: dt.date,
+             launched: list[dt.date]) -> list[str]:
     out = []
     for i, r in enumerate(frame.itertuples(index=False)):
         if r.stage == "request":

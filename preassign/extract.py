@@ -3,9 +3,11 @@
 Design
 ------
 **Ranges.** The users table's id range ``[min, max]`` is cut into equal-width ranges
-of ``users_per_partition`` ids (one ``MIN``/``MAX`` query, no scan; a range never
+of ``users_per_partition`` ids (one ``MIN``/``MAX``/``COUNT`` query; a range never
 holds more than that many users, so memory per task is bounded whatever the table
-size; gaps in the ids only make some partitions smaller). The first range starts
+size; gaps in the ids only make some partitions smaller). When the ids are so sparse
+that this would make over twice the partitions the user count needs, the bounds are
+every ``users_per_partition``-th id instead (one streamed scan of the key). The first range starts
 at ``-2**63`` and the last ends at ``2**63 - 1``, so every user-keyed row lands in
 exactly one partition, including orphans whose ``user_id`` lies outside the users
 table's range (the run counts them) and rows with a null ``user_id`` (first
@@ -86,7 +88,7 @@ from .source import (
     translate_error,
 )
 
-__all__ = ["extract_lake", "partition_bounds", "ID_MIN", "ID_MAX", "VERSION_PREFIX"]
+__all__ = ["ID_MAX", "ID_MIN", "VERSION_PREFIX", "extract_lake", "partition_bounds"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,36 @@ def partition_bounds(min_id: int | None, max_id: int | None, users_per_partition
     n = max(1, math.ceil((int(max_id) - int(min_id) + 1) / users_per_partition))
     inner = [int(min_id) + k * users_per_partition for k in range(1, n)]
     return [ID_MIN, *inner, ID_MAX]
+
+
+def _choose_bounds(conn: sa.Connection, users_per_partition: int) -> tuple[list[int], str]:
+    """Equal-width ranges when the ids are dense enough, else every P-th id (quantiles).
+
+    Equal width costs one ``MIN``/``MAX``/``COUNT`` query. When the ids are sparse (the
+    width would give over twice the partitions the user count needs), one streamed
+    scan of the ``users`` key picks every ``users_per_partition``-th id instead, so
+    partitions hold ``users_per_partition`` users whatever the id distribution.
+
+    Returns:
+        ``(bounds, "equal-width" | "quantile")``.
+    """
+    users = source_table("users")
+    uid = users.c.user_id
+    lo, hi, count = conn.execute(sa.select(sa.func.min(uid), sa.func.max(uid),
+                                           sa.func.count(uid))).one()
+    needed = max(1, math.ceil(int(count or 0) / users_per_partition))
+    if lo is None or math.ceil((int(hi) - int(lo) + 1) / users_per_partition) <= 2 * needed:
+        return partition_bounds(lo, hi, users_per_partition), "equal-width"
+    inner: list[int] = []
+    result = conn.execution_options(stream_results=True, yield_per=FETCH_ROWS).execute(
+        sa.select(uid).where(uid.is_not(None)).distinct().order_by(uid))
+    position = 0
+    for rows in result.partitions():
+        for (user_id,) in rows:
+            if position and position % users_per_partition == 0:
+                inner.append(int(user_id))
+            position += 1
+    return [ID_MIN, *inner, ID_MAX], "quantile"
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,7 +238,7 @@ def _to_arrow(name: str, rows: list[Any]) -> pa.Table:
     schema = ARROW_SCHEMAS[name]
     columns = list(zip(*rows)) if rows else [() for _ in schema.names]
     arrays = []
-    for field, values in zip(schema, columns):
+    for field, values in zip(schema, columns, strict=True):
         try:
             try:
                 arrays.append(pa.array(list(values), type=field.type))
@@ -379,7 +411,7 @@ class _Store:
         return sorted(n for n in names if n.startswith(VERSION_PREFIX))
 
     def new_version(self) -> str:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         return f"{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
 
     def publish(self, version: str) -> None:
@@ -512,12 +544,12 @@ def extract_lake(
 
     engine = create_engine_from_url(url)
     try:
-        with _connect(engine, url, "connecting") as conn:
+        with _connect(engine, url, "reading the source") as conn:
             present, watermarked = _check_source(conn, url)
-            users = source_table("users")
-            min_id, max_id = (None if v is None else int(v) for v in conn.execute(
-                sa.select(sa.func.min(users.c.user_id), sa.func.max(users.c.user_id))
-            ).one())
+            if previous_manifest is None:
+                bounds, partitioning = _choose_bounds(conn, users_per_partition)
+            else:
+                bounds, partitioning = [int(b) for b in previous_manifest["bounds"]], "kept"
             watermarks: dict[str, int | None] = {}
             for name in sorted(watermarked):
                 table = source_table(name)
@@ -535,7 +567,6 @@ def extract_lake(
 
     since: dict[str, int | None] = {}
     if previous_manifest is not None:
-        bounds = [int(b) for b in previous_manifest["bounds"]]
         old_marks = previous_manifest.get("watermarks") or {}
         for name in sorted(watermarked):
             if name not in old_marks:
@@ -549,8 +580,6 @@ def extract_lake(
                     "not appended to; run a full extraction"
                 )
             since[name] = None if old is None else int(old)
-    else:
-        bounds = partition_bounds(min_id, max_id, users_per_partition)
 
     version = store.new_version()
     version_url = store.url_of(version)
@@ -587,9 +616,10 @@ def extract_lake(
         write_manifest(
             version_url, bounds, storage_options,
             watermarks=watermarks,
-            source={"url": mask_url(url), "user_id_range": [min_id, max_id]},
+            source={"url": mask_url(url)},
             extract={"mode": "incremental" if incremental else "full", "version": version,
                      "previous": previous, "users_per_partition": users_per_partition,
+                     "partitioning": partitioning,
                      "rows": rows, "rows_read": read, "seconds": seconds},
         )
     except BaseException:

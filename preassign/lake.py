@@ -142,7 +142,7 @@ class Lake:
         pointer = _join(root, POINTER)
         if self.fs.isfile(pointer):
             version = self.fs.cat_file(pointer).decode().strip()
-            if not version or "/" in version.strip("/") and ".." in version:
+            if not version or "/" in version.strip("/") or ".." in version:
                 raise LakeError(f"lake {url!r}: {POINTER} holds an invalid version {version!r}")
             root = _join(root, version)
             if not self.fs.isdir(root):

@@ -38,6 +38,7 @@ from .contract import TABLES, USER_KEYED, LakeError, dedupe_keyed, normalize_tab
 from .demand import DEMAND_COLUMNS, combine_demand, compute_shortage, count_demand
 from .lake import Lake, Output, open_lake, read_small_table, read_user_tables
 from .params import Params
+from .report import render_report
 from .state import (
     PartitionStats,
     SnackCatalog,
@@ -46,11 +47,13 @@ from .state import (
     build_user_state,
     prepare_partition,
     summarize_partition,
+    targeted_by_day,
 )
 
 __all__ = ["RunConfig", "RunResult", "run_preassignment", "load_catalog", "ASSIGNMENT_SCHEMA"]
 
 log = logging.getLogger(__name__)
+_EPOCH = dt.date(1970, 1, 1)
 
 ASSIGNMENT_SCHEMA = pa.schema(
     [
@@ -193,7 +196,8 @@ def _scan_partition(
     invalid: dict[str, int] = {}
     for p in problems:
         invalid[p.table] = invalid.get(p.table, 0) + p.count
-    return PartitionStats(input_rows, orphans, invalid, sums, counts, targeted, problems)
+    return PartitionStats(input_rows, orphans, invalid, sums, counts, targeted, problems,
+                          targeted_by_day(tables["users"], date_from, date_to))
 
 
 def _assign_partition(
@@ -231,6 +235,12 @@ def _assignment_output(frame: pd.DataFrame) -> pd.DataFrame:
             "stage": pd.arrays.ArrowExtensionArray(stage),
         }
     )
+
+
+def _full_boxes_by_day(frame: pd.DataFrame) -> pd.DataFrame:
+    full = frame["slot"].to_numpy() == frame["box_size"].to_numpy()  # slot K exists iff full
+    return pd.DataFrame({"delivery_on": frame["delivery_on"].to_numpy()[full],
+                         "full": np.ones(int(full.sum()), np.int64)})
 
 
 def _demand_meta() -> pd.DataFrame:
@@ -274,7 +284,7 @@ def _compute(client: Any, collections: list, progress: bool) -> list:
     if progress:
         from distributed import progress as show_progress
 
-        show_progress(futures)
+        show_progress(futures, notebook=False)  # a text bar: terminals and notebooks alike
         sys.stdout.write("\n")
     return client.gather(futures)
 
@@ -385,8 +395,10 @@ def _run(config: RunConfig, client: Any, output: Output, progress: bool,
         )
         demand_parts = assignments.map_partitions(count_demand, meta=_demand_meta())
         demand_dd = demand_parts.groupby(["delivery_on", "snack_id"]).sum(split_out=1)
-        full_boxes = (assignments["slot"] == assignments["box_size"]).sum()
-        _, demand, n_full = _compute(client, [write, demand_dd, full_boxes], progress)
+        full_boxes = assignments.map_partitions(_full_boxes_by_day, meta=_full_boxes_by_day(
+            _INTERNAL_META)).groupby("delivery_on")["full"].sum()
+        _, demand, full_by_day = _compute(client, [write, demand_dd, full_boxes], progress)
+        n_full = int(full_by_day.sum())
         t = done("assign", t)
 
         demand = combine_demand(demand.reset_index())
@@ -414,6 +426,13 @@ def _run(config: RunConfig, client: Any, output: Output, progress: bool,
             "users_targeted": int(stats.users_targeted),
             "boxes_full": int(n_full),
             "boxes_short": int(stats.users_targeted - int(n_full)),
+            "boxes_by_date": {
+                (_EPOCH + dt.timedelta(days=int(day))).isoformat(): {
+                    "full": int(full_by_day.get(day, 0)),
+                    "short": int(n - full_by_day.get(day, 0)),
+                }
+                for day, n in sorted(stats.targeted_by_day.items())
+            },
             "units_total": units_total,
             "snacks_in_demand": int(demand["snack_id"].nunique()),
             "snacks_short": int((shortage["shortage"] > 0).sum()) if shortage is not None else None,
@@ -434,6 +453,11 @@ def _run(config: RunConfig, client: Any, output: Output, progress: bool,
         seconds["total"] = round(time.perf_counter() - started, 3)
         summary["stage_seconds"] = dict(seconds)
         summary["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        t_report = time.perf_counter()
+        summary["stage_seconds"]["report"] = 0.0
+        html = render_report(summary, demand, shortage)
+        summary["stage_seconds"]["report"] = round(time.perf_counter() - t_report, 3)
+        output.write_bytes("report.html", html.encode("utf-8"))
         output.write_json("summary.json", summary)
         output.publish()
         done("publish", t_pub)

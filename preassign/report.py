@@ -193,10 +193,10 @@ def plot_demand_vs_stock(
         ax.scatter(stock, y, marker="|", s=220, linewidths=2.2, color="black", zorder=3,
                    label="stock on hand")
         right = max(int(units.max()), int(stock.max()), 1)
-        for yi, u, o in zip(y, units, over):
+        for yi, u, st, o in zip(y, units, stock, over):
             text = f"{u}  (short {o})" if o else f"{u}"
-            ax.text(u + right * 0.01, yi, text, va="center", fontsize=7.5,
-                    color=_OVER if o else "#333333")
+            ax.text(max(u, st) + right * 0.012, yi, text, va="center", fontsize=7.5,
+                    color=_OVER if o else "#333333")  # after the bar or the stock tick
         ax.set_xlim(0, right * 1.18)
     elif len(data):
         ax.barh(y, units, color=_WITHIN, label="units")

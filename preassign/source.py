@@ -75,22 +75,23 @@ from .contract import USER_KEYED
 from .synth import SynthConfig, generate_partition, generate_snacks, generate_stock
 
 __all__ = [
+    "APPEND_ONLY",
     "METADATA",
     "SOURCE_URL_ENV",
+    "TABLE_ORDER",
     "WATERMARK_COLUMN",
-    "APPEND_ONLY",
-    "SourceError",
     "SourceConnectionError",
+    "SourceError",
     "SourceSchemaError",
-    "source_table",
-    "render_mysql_ddl",
-    "parse_source_url",
     "create_engine_from_url",
-    "mask_url",
-    "resolve_source_url",
-    "translate_error",
     "create_schema",
     "load_synthetic",
+    "mask_url",
+    "parse_source_url",
+    "render_mysql_ddl",
+    "resolve_source_url",
+    "source_table",
+    "translate_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,11 @@ _TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4",
 
 
 class SourceError(RuntimeError):
-    """The source database cannot be read; the message says what to fix (never a password)."""
+    """The source database cannot be used; the message says what to fix (never a password).
+
+    Raised as is for a bad URL or a value the lake cannot hold; the subclasses below
+    say more.
+    """
 
 
 class SourceConnectionError(SourceError, ConnectionError):
@@ -291,7 +296,7 @@ def parse_source_url(url: str | URL) -> URL:
     """Parse a SQLAlchemy URL; ``mysql://`` and ``mariadb://`` get the PyMySQL driver.
 
     Raises:
-        SourceConnectionError: the text is not a URL, or its password holds an unquoted
+        SourceError: the text is not a URL, or its password holds an unquoted
             ``@`` or ``/`` (the message never repeats the text: it may hold a password).
     """
     if isinstance(url, URL):
@@ -301,14 +306,14 @@ def parse_source_url(url: str | URL) -> URL:
         try:
             parsed = sa.engine.make_url(text)
         except sa.exc.ArgumentError:
-            raise SourceConnectionError(
+            raise SourceError(
                 "cannot parse the source database URL; expected "
                 "dialect+driver://user:password@host:port/database, e.g. "
                 "mysql+pymysql://preassign@db.example.com:3306/snacks or "
                 "sqlite:///path/to/source.db"
             ) from None
         if _ambiguous_password(text, parsed):
-            raise SourceConnectionError(
+            raise SourceError(
                 "the password in the source database URL holds characters a URL must "
                 "encode: write '@' as %40, '/' as %2F, '%' as %25, '#' as %23 and '?' as %3F "
                 "(urllib.parse.quote(password, safe=''))"
@@ -364,7 +369,7 @@ def create_engine_from_url(url: str | URL, **kwargs: Any) -> Engine:
         **kwargs: passed to :func:`sqlalchemy.create_engine`.
 
     Raises:
-        SourceConnectionError: the URL cannot be parsed or names an unknown driver.
+        SourceError: the URL cannot be parsed or names an unknown driver.
     """
     parsed = parse_source_url(url)
     kwargs.setdefault("poolclass", NullPool)
@@ -377,12 +382,12 @@ def create_engine_from_url(url: str | URL, **kwargs: Any) -> Engine:
     try:
         return sa.create_engine(parsed, **kwargs)
     except (sa.exc.NoSuchModuleError, ImportError) as exc:
-        raise SourceConnectionError(
+        raise SourceError(
             f"cannot use database URL {mask_url(parsed)}: {exc}; supported are "
             "mysql+pymysql://, mariadb+pymysql:// and sqlite:///"
         ) from None
     except sa.exc.ArgumentError as exc:
-        raise SourceConnectionError(
+        raise SourceError(
             f"invalid options in database URL {mask_url(parsed)}: {exc}"
         ) from None
 

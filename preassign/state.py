@@ -115,6 +115,7 @@ class PartitionStats:
     rating_count: np.ndarray  # per snack column, number of latest ratings (int64)
     users_targeted: int
     problems: list = dataclasses.field(default_factory=list)
+    targeted_by_day: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def __add__(self, other: PartitionStats) -> PartitionStats:
         def add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -128,6 +129,7 @@ class PartitionStats:
             rating_count=self.rating_count + other.rating_count,
             users_targeted=self.users_targeted + other.users_targeted,
             problems=self.problems + other.problems,
+            targeted_by_day=add(self.targeted_by_day, other.targeted_by_day),
         )
 
 
@@ -216,6 +218,13 @@ def summarize_partition(
     """Per-snack sums and counts of latest ratings, and the number of target users."""
     sums, counts = latest_rating_totals(tables, catalog, engine)
     return sums, counts, int(_target_mask(tables["users"], date_from, date_to).sum())
+
+
+def targeted_by_day(users: pd.DataFrame, date_from: dt.date, date_to: dt.date) -> dict[int, int]:
+    """Number of target users per delivery day (days since the epoch)."""
+    days = users["next_delivery_on"].to_numpy(np.int32)[_target_mask(users, date_from, date_to)]
+    values, counts = np.unique(days, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts)}
 
 
 def _target_mask(users: pd.DataFrame, date_from: dt.date, date_to: dt.date) -> np.ndarray:

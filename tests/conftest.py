@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from lakes import write_tables  # noqa: E402
+from services import mariadb_server, mariadb_url, moto_server, s3  # noqa: E402,F401
 from reference import worked_example_tables  # noqa: E402
 
 WORKED_DATE = dt.date(2026, 12, 1)

@@ -109,3 +109,35 @@ def test_help_has_an_example_and_every_option_is_documented(runner, command):
     for param in cmd.params:
         if hasattr(param, "help") and param.name not in ("help", "version"):
             assert param.help, f"{command} option {param.name} has no help"
+
+
+def test_source_database_to_run_in_one_command(runner, tmp_path, monkeypatch):
+    db = f"sqlite:///{tmp_path / 'snacks.db'}"
+    result = runner.invoke(main, ["synth", "--db", db, "--users", "300", "--date", "2026-12-01",
+                                  "--loglevel", "WARNING"])
+    assert result.exit_code == 0, result.output
+    url_file = tmp_path / "url.txt"
+    url_file.write_text(f"# the source\n{db}\n")
+    url_file.chmod(0o600)
+    result = runner.invoke(main, _run_args(str(tmp_path / "lake"), str(tmp_path / "out"),
+                                           "--source-file", str(url_file), "--until",
+                                           "2026-12-14"))
+    assert result.exit_code == 0, result.output
+    assert "users targeted" in result.output
+    assert (tmp_path / "lake" / "_CURRENT").exists()
+
+
+def test_unreachable_database_exits_3_without_leaking_the_password(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREASSIGN_SOURCE_URL",
+                       "mysql+pymysql://etl:Sup3rS3cretPw@127.0.0.1:1/snacks")
+    result = runner.invoke(main, ["extract", "--lake", str(tmp_path / "lake"), "--workers", "1",
+                                  "--silent"])
+    assert result.exit_code == 3, result.output
+    assert "Sup3rS3cretPw" not in result.output
+    assert "***" in result.output or "127.0.0.1" in result.output
+    assert not (tmp_path / "lake").exists() or not (tmp_path / "lake" / "_CURRENT").exists()
+
+
+def test_synth_needs_exactly_one_target(runner, tmp_path):
+    result = runner.invoke(main, ["synth", "--users", "10"])
+    assert result.exit_code == 2 and "exactly one of --out" in result.output

@@ -141,3 +141,90 @@ def test_normalize_accepts_every_physical_form():
     with pytest.raises(LakeError, match="non-integral"):
         normalize_table("ng_snacks", pd.DataFrame({"user_id": [1.5], "snack_id": [1]}))
     _ = pq  # noqa
+
+
+REQUIRED = ["snacks", "users", "ratings", "deliveries", "ng_snacks", "avoid_ingredients",
+            "genre_prefs", "requests"]
+ONE_COLUMN = {"snacks": "launched_on", "users": "status", "ratings": "rating",
+              "deliveries": "delivered_on", "ng_snacks": "snack_id",
+              "avoid_ingredients": "ingredient", "genre_prefs": "genre",
+              "requests": "requested_at", "stock": "quantity"}
+
+
+def _write_raw(tables, root):
+    for name, df in tables.items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        df.to_parquet(os.path.join(root, name, "a.parquet"), index=False)
+    return root
+
+
+def _fails(tmp_path, tables, message, **kw):
+    lake = _write_raw(tables, str(tmp_path / "lake"))
+    out = tmp_path / "out"
+    cfg = RunConfig(lake=lake, date_from=D, date_to=D, out=str(out), **kw)
+    with dask.config.set(scheduler="sync"), pytest.raises(LakeError, match=message):
+        run_preassignment(cfg)
+    assert not out.exists(), "a failed run must publish nothing"
+
+
+@pytest.mark.parametrize("table", REQUIRED)
+def test_every_required_table_missing_is_named(tmp_path, table):
+    tables = worked_example_tables()
+    del tables[table]
+    _fails(tmp_path, tables, rf"missing required table\(s\) {table}")
+
+
+@pytest.mark.parametrize("table, column", list(ONE_COLUMN.items()))
+def test_a_missing_column_in_every_table_is_named(tmp_path, table, column):
+    tables = worked_example_tables()
+    tables[table] = tables[table].drop(columns=column)
+    _fails(tmp_path, tables, rf"table '{table}' is missing required column\(s\) {column}")
+
+
+MORE = [
+    ("ingredients-string", _mutate("snacks", lambda df: df.assign(ingredients=["milk"] * len(df))),
+     r"table 'snacks', column 'ingredients': expected a list of strings"),
+    ("rating-fraction", _mutate("ratings", lambda df: df.assign(rating=df["rating"] + 0.5)),
+     r"table 'ratings', column 'rating': expected integers, found \d+ non-integral"),
+    ("user-id-string", _mutate("ng_snacks", lambda df: df.assign(user_id=df["user_id"].astype(str))),
+     r"table 'ng_snacks', column 'user_id': expected an integer id"),
+    ("timestamp-string", _mutate("requests", lambda df: df.assign(requested_at=["2026-11-30"] * len(df))),
+     r"table 'requests', column 'requested_at': expected a timestamp"),
+    ("box-size-negative", _set("users", "box_size", 1, -2), r"'users', column 'box_size': 1 row have a box size below 1"),
+    ("status-capitalised", _set("users", "status", 1, "Active"), r"'users', column 'status': 1 row have a status outside"),
+]
+
+
+@pytest.mark.parametrize("case, mutate, message", MORE, ids=[c[0] for c in MORE])
+def test_more_bad_values(tmp_path, case, mutate, message):
+    _fails(tmp_path, mutate(worked_example_tables()), message)
+
+
+@pytest.mark.parametrize(
+    "case, mutate, check",
+    [
+        # documented, counted handling instead of an error
+        ("date-range-without-users", None,
+         lambda s: s["users_targeted"] == 0 and s["units_total"] == 0),
+        ("identical-duplicate-users", _mutate("users", lambda df: pd.concat([df, df], ignore_index=True)),
+         lambda s: s["users_targeted"] == 2 and s["input_rows"]["users"] == 6),
+        ("orphans-counted", _mutate("ratings", lambda df: pd.concat(
+            [df, df.iloc[[0]].assign(user_id=999), df.iloc[[0]].assign(snack_id=999)], ignore_index=True)),
+         lambda s: s["orphan_rows"]["ratings"] == 2 and s["units_total"] == 5),
+        ("no-stock-table", lambda t: {k: v for k, v in t.items() if k != "stock"},
+         lambda s: s["snacks_short"] is None and "stock" not in s["input_rows"]),
+        ("unknown-stock-snack", None, lambda s: s["input_rows"]["stock"] == 3),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_documented_handling(tmp_path, case, mutate, check):
+    tables = worked_example_tables()
+    if mutate:
+        tables = mutate(tables)
+    lake = _write_raw(tables, str(tmp_path / "lake"))
+    day = D + dt.timedelta(days=30) if case == "date-range-without-users" else D
+    with dask.config.set(scheduler="sync"):
+        result = run_preassignment(RunConfig(lake=lake, date_from=day, date_to=day,
+                                             out=str(tmp_path / "out")))
+    assert check(result.summary), result.summary
+    assert os.path.exists(tmp_path / "out" / "summary.json")

@@ -136,6 +136,8 @@ def test_round_trip_equals_the_synth_lake(loaded_source, synth_tables, synth_run
     assert summary["mode"] == "full" and summary["previous"] is None
     assert summary["bounds"] == [ID_MIN, 301, 601, ID_MAX]
     assert summary["rows"]["users"] == 900
+    manifest = json.loads((lake / summary["version"] / MANIFEST).read_text())
+    assert manifest["extract"]["partitioning"] == "equal-width"
     assert set(summary["watermarks"]) == {"ratings", "deliveries", "requests"}
     assert summary["watermarks"]["ratings"] == summary["rows"]["ratings"]
 
@@ -152,6 +154,27 @@ def test_round_trip_equals_the_synth_lake(loaded_source, synth_tables, synth_run
 
     assert_lakes_equal(read_lake_tables(str(lake)), synth_tables)
     assert_runs_equal(run(str(lake), str(tmp_path / "out")), synth_run)
+
+
+def test_sparse_ids_are_cut_at_quantiles(tmp_path):
+    url = f"sqlite:///{tmp_path}/source.db"
+    engine = create_engine_from_url(url)
+    create_schema(engine)
+    user_ids = [1000 * k for k in range(1, 251)]
+    with engine.begin() as conn:
+        conn.execute(source_table("users").insert(), [
+            {"user_id": u, "status": "active", "next_delivery_on": DATES[0], "box_size": None}
+            for u in user_ids])
+        conn.execute(source_table("ratings").insert(), [
+            {"user_id": u, "snack_id": 1, "rating": 3, "rated_at": dt.datetime(2026, 11, 1)}
+            for u in user_ids + [7]])  # 7: an orphan below the first user
+    summary = extract_lake(url, str(tmp_path / "lake"), users_per_partition=100)
+    assert summary["bounds"] == [ID_MIN, 101_000, 201_000, ID_MAX]
+    manifest = json.loads((tmp_path / "lake" / summary["version"] / MANIFEST).read_text())
+    assert manifest["extract"]["partitioning"] == "quantile"
+    users = [pq.read_table(f).num_rows for f in Lake(str(tmp_path / "lake")).files("users")]
+    ratings = [pq.read_table(f).num_rows for f in Lake(str(tmp_path / "lake")).files("ratings")]
+    assert users == [100, 100, 50] and ratings == [101, 100, 50]
 
 
 def test_empty_source_gives_one_open_partition(empty_source, tmp_path):
@@ -212,7 +235,7 @@ def test_incremental_equals_full(empty_source, tmp_path):
 def test_incremental_refuses_without_a_previous_extraction(sqlite_source, synth_lake, tmp_path):
     with pytest.raises(LakeError, match="run a full extraction first"):
         extract_lake(sqlite_source, str(tmp_path / "new"), incremental=True)
-    with pytest.raises(LakeError, match="not versioned .*_lake.json"):
+    with pytest.raises(LakeError, match=r"not versioned .*_lake\.json"):
         extract_lake(sqlite_source, synth_lake)
 
 
@@ -225,7 +248,7 @@ def test_incremental_refuses_a_rewritten_table(tmp_path):
     with engine.begin() as conn:
         top = conn.execute(sa.select(sa.func.max(ratings.c.row_id))).scalar()
         conn.execute(ratings.delete().where(ratings.c.row_id > top - 5))
-    with pytest.raises(LakeError, match="'ratings'.*rewritten"):
+    with pytest.raises(LakeError, match=r"'ratings'.*rewritten"):
         extract_lake(url, str(tmp_path / "lake"), incremental=True)
 
 
@@ -333,7 +356,7 @@ def test_missing_sqlite_file(tmp_path):
 @pytest.mark.db
 def test_wrong_password(mariadb_server, mariadb_url, tmp_path):
     url = mariadb_server.url(sa.engine.make_url(mariadb_url).database, password=WRONG)
-    with pytest.raises(SourceConnectionError, match="access denied .* 'preassign'") as info:
+    with pytest.raises(SourceConnectionError, match=r"access denied .* 'preassign'") as info:
         extract_lake(url, str(tmp_path / "lake"))
     assert "wrong user name or password" in str(info.value)
     _assert_no_secret(info.value, WRONG, mariadb_server.password)
@@ -402,7 +425,7 @@ def test_value_that_does_not_fit_the_lake(tmp_path):
     load_synthetic(engine, SMALL)
     with engine.begin() as conn:
         conn.execute(source_table("ng_snacks").insert(), [{"user_id": 3, "snack_id": 2**40}])
-    with pytest.raises(SourceError, match="table 'ng_snacks', column 'snack_id'.*int32"):
+    with pytest.raises(SourceError, match=r"table 'ng_snacks', column 'snack_id'.*int32"):
         extract_lake(url, str(tmp_path / "lake"))
     assert versions(tmp_path / "lake") == []
 

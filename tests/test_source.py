@@ -17,7 +17,6 @@ from preassign.source import (
     METADATA,
     SOURCE_URL_ENV,
     WATERMARK_COLUMN,
-    SourceConnectionError,
     SourceError,
     create_engine_from_url,
     load_synthetic,
@@ -112,10 +111,10 @@ def test_mask_url_of_a_url_object_with_quoted_password():
 def test_parse_source_url_picks_pymysql_and_hides_bad_urls():
     assert parse_source_url("mysql://a@h/d").drivername == "mysql+pymysql"
     assert parse_source_url("mariadb://a@h/d").drivername == "mariadb+pymysql"
-    with pytest.raises(SourceConnectionError, match="cannot parse") as info:
+    with pytest.raises(SourceError, match="cannot parse") as info:
         parse_source_url(f"mysql//app:{SECRET}@db")
     assert SECRET not in str(info.value)
-    with pytest.raises(SourceConnectionError, match="write '@' as %40") as info:
+    with pytest.raises(SourceError, match="write '@' as %40") as info:
         parse_source_url(f"mysql+pymysql://app:{SECRET}@db/snacks")
     assert "s3cr" not in str(info.value)
     quoted = "mysql+pymysql://app:s3cr%40t%2Fpw%25@db/snacks"
@@ -129,7 +128,7 @@ def test_create_engine_from_url_has_no_pool(tmp_path):
     assert isinstance(mysql.pool, NullPool)
     assert mysql.url.query["charset"] == "utf8mb4"
     assert SECRET not in repr(mysql) and QUOTED not in repr(mysql)
-    with pytest.raises(SourceConnectionError, match="supported are") as info:
+    with pytest.raises(SourceError, match="supported are") as info:
         create_engine_from_url(f"nosuchdb://app:{QUOTED}@db/snacks")
     assert QUOTED not in str(info.value)
 
