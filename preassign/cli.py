@@ -321,6 +321,10 @@ def _extract(source: str | None, source_file: str | None, lake: str, users_per_p
 @main.command(context_settings=CONTEXT)
 @click.option("--lake", help="Lake root: a directory or s3://bucket/prefix.")
 @_apply(_source_options)
+@click.option("--extract", "do_extract", is_flag=True,
+              help="Extract the source database into --lake before the run (implied by "
+                   "--source and --source-file; otherwise the URL comes from "
+                   "$PREASSIGN_SOURCE_URL).")
 @click.option("--incremental/--full", default=None,
               help="With --source: incremental or full extraction before the run [default: "
                    "incremental when the lake already has an extraction, else full].")
@@ -342,7 +346,8 @@ def _extract(source: str | None, source_file: str | None, lake: str, users_per_p
               help="fsspec/s3fs option for the lake and the output (repeatable).")
 @_apply(_cluster_options)
 @_apply(_common_logging)
-def run(lake: str | None, source: str | None, source_file: str | None, incremental: bool | None,
+def run(lake: str | None, source: str | None, source_file: str | None, do_extract: bool,
+        incremental: bool | None,
         date_from: dt.date, date_to: dt.date | None, out: str,
         overrides: tuple[str, ...], on_invalid: str, overwrite: bool, users_per_partition: int,
         storage_option: tuple[str, ...], cluster_kind: str, workers: int | None,
@@ -388,7 +393,7 @@ def run(lake: str | None, source: str | None, source_file: str | None, increment
 
     log.info("event=run_start lake=%s date_from=%s date_to=%s out=%s", lake, config.date_from,
              config.date_to, out)
-    if source or source_file:
+    if source or source_file or do_extract:
         try:
             from .lake import Output
 
@@ -419,7 +424,12 @@ def run(lake: str | None, source: str | None, source_file: str | None, increment
         if not _is_infrastructure(exc):
             raise
         log.error("event=run_failed kind=infrastructure error=%s: %s", type(exc).__name__, exc)
-        raise InfraFailure(f"{type(exc).__name__}: {exc}") from None
+        hint = ""
+        if type(exc).__name__ == "KilledWorker":
+            hint = ("\nHint: workers kept dying while running it - most often out of memory. "
+                    "Raise --memory-limit, use fewer threads per worker, or write the lake "
+                    "with fewer users per partition; nothing was published.")
+        raise InfraFailure(f"{type(exc).__name__}: {exc}{hint}") from None
     s = result.summary
     log.info("event=run_done users_targeted=%d boxes_full=%d boxes_short=%d units_total=%d",
              s["users_targeted"], s["boxes_full"], s["boxes_short"], s["units_total"])
