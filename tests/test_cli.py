@@ -141,3 +141,20 @@ def test_unreachable_database_exits_3_without_leaking_the_password(runner, tmp_p
 def test_synth_needs_exactly_one_target(runner, tmp_path):
     result = runner.invoke(main, ["synth", "--users", "10"])
     assert result.exit_code == 2 and "exactly one of --out" in result.output
+
+
+def test_run_against_an_already_running_scheduler(runner, worked_lake, tmp_path):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        out = str(tmp_path / "out")
+        result = runner.invoke(main, ["run", "--lake", worked_lake, "--date", "2026-12-01",
+                                      "--out", out, "--cluster", cluster.scheduler_address,
+                                      "--silent", "--loglevel", "WARNING"])
+        assert result.exit_code == 0, result.output
+        assert "2 users targeted" in result.output
+        with Client(cluster.scheduler_address) as client:  # the run did not close it
+            assert len(client.scheduler_info()["workers"]) == 1
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["cluster"]["workers"] == 1
