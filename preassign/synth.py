@@ -130,17 +130,39 @@ def generate_snacks(cfg: SynthConfig) -> pd.DataFrame:
 
 
 def generate_stock(cfg: SynthConfig) -> pd.DataFrame:
-    """Units on hand: near the expected demand, some short, a few snacks without a row."""
-    a = _snack_arrays(cfg)
+    """Units on hand, planned the way operations would: a demand forecast from the rules run
+    on a sample of users, scaled to the whole base, give or take 40% - so some snacks run
+    short and most do not. A few snacks have no stock row at all."""
     rng = _rng(cfg, 10**9 + 2)
-    share = a["popularity"] / a["popularity"].sum()
-    expected = cfg.users * 0.85 * 7.5 * share
-    quantity = rng.poisson(np.maximum(expected * rng.uniform(0.6, 1.6, cfg.snacks), 1.0))
+    forecast = _forecast_demand(cfg)
+    quantity = rng.poisson(np.maximum(forecast * rng.uniform(0.85, 1.5, cfg.snacks), 1.0))
     keep = rng.random(cfg.snacks) > 0.03
     return pd.DataFrame(
         {"snack_id": np.arange(1, cfg.snacks + 1, dtype=np.int32)[keep],
          "quantity": quantity[keep].astype(np.int32)}
     )
+
+
+def _forecast_demand(cfg: SynthConfig) -> np.ndarray:
+    """Expected units per snack over the two weeks from ``as_of``, from <= 5,000 users."""
+    from .assign import assign_snacks, snack_prior
+    from .contract import normalize_table
+    from .params import Params
+    from .state import build_catalog, build_user_state, prepare_partition, summarize_partition
+
+    sample = dataclasses.replace(cfg, users=min(cfg.users, 5_000), users_per_partition=5_000)
+    if sample.users == 0:
+        return np.zeros(cfg.snacks)
+    catalog = build_catalog(normalize_table("snacks", generate_snacks(cfg))[0])
+    tables, _, _, _ = prepare_partition(generate_partition(sample, 0), catalog)
+    until = cfg.as_of + dt.timedelta(days=13)
+    sums, counts, _ = summarize_partition(tables, catalog, cfg.as_of, until)
+    params = Params()
+    state = build_user_state(tables, catalog, cfg.as_of, until, params)
+    boxes = assign_snacks(state, catalog, snack_prior(sums, counts, params), params)
+    units = np.bincount(np.searchsorted(catalog.snack_id, boxes["snack_id"].to_numpy()),
+                        minlength=catalog.size)
+    return units * (cfg.users / sample.users)
 
 
 def _distinct_sample(rng: np.random.Generator, weights: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
