@@ -252,6 +252,20 @@ def assign_snacks_sparse(
     bits = _bits(n_s)
     n_g = max(len(catalog.genres), 1)
     favorite = state.favorite if state.favorite.shape[1] else np.zeros((state.n_users, 1), bool)
+    prior = np.asarray(prior, np.float64)
+    cols = np.arange(n_s)
+    genre = catalog.genre.astype(np.int64)
+    # walk orders for the kernel: per genre, by prior (preference) and, per delivery day, by
+    # prior + new bonus (explore), descending
+    pref_order = np.lexsort((cols, -prior, genre)).astype(np.int64)
+    genre_start = np.searchsorted(genre[pref_order], np.arange(n_g + 1)).astype(np.int64)
+    days, day_row = np.unique(state.delivery_on.astype(np.int64), return_inverse=True)
+    launched = catalog.launched_on.astype(np.int64)[None, :]
+    is_new = (days[:, None] - params.new_days < launched) & (launched <= days[:, None])
+    base = prior[None, :] + params.new_bonus * is_new
+    explore_order = np.empty((len(days), n_s), np.int64)
+    for k in range(len(days)):
+        explore_order[k] = np.lexsort((cols, -base[k], genre))
     row, col, slot, stage, overflow = assign_partition(
         state.user_id, state.delivery_on, state.box_size,
         state.r_ptr, state.r_col, state.r_val, state.r_t,
@@ -260,8 +274,9 @@ def assign_snacks_sparse(
         state.q_ptr, state.q_col, state.q_t,
         state.avoid_words, favorite,
         catalog.snack_id, catalog.genre.astype(np.int64), catalog.launched_on.astype(np.int64),
-        catalog.retired_on.astype(np.int64), np.asarray(prior, np.float64),
+        catalog.retired_on.astype(np.int64), prior,
         ingredient_words(catalog),
+        pref_order, explore_order, genre_start, day_row.reshape(-1).astype(np.int64),
         bits, params.max_requests, params.request_window_days, params.repeat_window_days,
         params.explore_slots, params.max_per_genre,
         float(params.own_weight_2), float(params.own_weight_3), float(params.own_weight_4),

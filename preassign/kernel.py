@@ -32,6 +32,7 @@ _RECENT = 2
 _NG = 4
 _CHOSEN = 8
 _SEEN = 16
+_OFFERED = 32
 
 
 @njit(cache=True, nogil=True)
@@ -89,6 +90,17 @@ def _eligible(c, d, u, launched, retired, flags, rating, ing_words, avoid_words,
     return True
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _score_key(c, g, u, rating, prior, own_of, sum_g, cnt_g, mean_u, favorite, genre_weight,
+               fav_bonus, mask, bits, limit):  # pragma: no cover
+    """score(u, c) packed as a key; terms added left to right as SPEC §3 writes them."""
+    aff = sum_g[g] / cnt_g[g] - mean_u if cnt_g[g] > 0 else 0.0
+    x = prior[c] + own_of[rating[c]]
+    x = x + genre_weight * aff
+    x = x + fav_bonus * (1.0 if favorite[u, g] else 0.0)
+    return _pack(x, mask - c, bits, limit)
+
+
 @njit(cache=True, nogil=True)
 def _offer(top, n_top, g, key, cap):  # pragma: no cover - compiled
     """Insert ``key`` into genre g's descending top-``cap`` list."""
@@ -142,6 +154,7 @@ def assign_partition(
     q_ptr, q_col, q_t,
     avoid_words, favorite,
     snack_ids, genre_of_col, launched, retired, prior, ing_words,
+    pref_order, explore_order, genre_start, day_row,
     bits, max_requests, request_window, repeat_window, explore_slots, cap,
     own2, own3, own4, genre_weight, fav_bonus, new_days, new_bonus, jitter_weight,
     n_genres,
@@ -165,8 +178,6 @@ def assign_partition(
     rating = np.zeros(n_snacks, np.int8)
     flags = np.zeros(n_snacks, np.uint8)
     req_t = np.full(n_snacks, _I64_MAX, np.int64)
-    score_key = np.empty(n_snacks, np.int64)
-    eligible = np.zeros(n_snacks, np.bool_)
     sum_g = np.zeros(n_genres, np.float64)
     cnt_g = np.zeros(n_genres, np.float64)
     genre_count = np.zeros(n_genres, np.int64)
@@ -257,47 +268,80 @@ def assign_partition(
                 out_slot[n_out] = count
                 out_stage[n_out] = 0
                 n_out += 1
-        # eligibility and scores; preference candidates are offered in the same pass
+        # 2. preference. Rated snacks are offered one by one; unrated ones are walked per genre
+        # in prior order: their score is a monotone function of the prior within a genre, so
+        # the walk stops at the first candidate whose rounded score is below the genre's
+        # current cap-th (equal ones may still win on snack id, so they are offered).
         target = k_box - explore_slots
-        offer = count < target
-        for c in range(n_snacks):
-            ok = _eligible(c, d, u, launched, retired, flags, rating, ing_words, avoid_words,
-                           n_words)
-            eligible[c] = ok
-            if ok:
-                g = genre_of_col[c]
-                aff = sum_g[g] / cnt_g[g] - mean_u if cnt_g[g] > 0 else 0.0
-                x = prior[c] + own_of[rating[c]]
-                x = x + genre_weight * aff
-                x = x + fav_bonus * (1.0 if favorite[u, g] else 0.0)
-                key, bad = _pack(x, mask - c, bits, limit)
-                overflow |= bad
-                score_key[c] = key
-                if offer and flags[c] & _CHOSEN == 0:
+        if count < target:
+            for i in range(r_ptr[u], r_ptr[u + 1]):
+                c = r_col[i]
+                if flags[c] & (_OFFERED | _CHOSEN):
+                    continue
+                flags[c] |= _OFFERED
+                if _eligible(c, d, u, launched, retired, flags, rating, ing_words, avoid_words,
+                             n_words):
+                    g = genre_of_col[c]
+                    key, bad = _score_key(c, g, u, rating, prior, own_of, sum_g, cnt_g, mean_u,
+                                          favorite, genre_weight, fav_bonus, mask, bits, limit)
+                    overflow |= bad
                     _offer(top, n_top, g, key, cap)
-        # 2. preference
-        if offer:
+            for g in range(n_genres):
+                for j in range(genre_start[g], genre_start[g + 1]):
+                    c = pref_order[j]
+                    if rating[c] != 0 or flags[c] & _CHOSEN:
+                        continue
+                    if not _eligible(c, d, u, launched, retired, flags, rating, ing_words,
+                                     avoid_words, n_words):
+                        continue
+                    key, bad = _score_key(c, g, u, rating, prior, own_of, sum_g, cnt_g, mean_u,
+                                          favorite, genre_weight, fav_bonus, mask, bits, limit)
+                    overflow |= bad
+                    if n_top[g] == cap and (key >> bits) < (top[g, cap - 1] >> bits):
+                        break
+                    _offer(top, n_top, g, key, cap)
             count, n_out = _take(top, n_top, merged, genre_count, genre_of_col, cap, count,
                                  target, mask, out_col, out_slot, out_stage, out_user, n_out, u,
                                  1, flags, n_genres)
-        # 3. explore: novel snacks by explore key
+        # 3. explore: novel snacks by explore key, walked per genre by base = prior + new
+        # bonus (descending, for this user's date); a key is at most base + max(jitter
+        # weight, 0), so the walk stops once that bound is below the genre's cap-th key
         if count < k_box:
-            for c in range(n_snacks):
-                if eligible[c] and flags[c] & (_CHOSEN | _EVER | _SEEN) == 0 and rating[c] == 0:
+            row = day_row[u]
+            jmax = jitter_weight if jitter_weight > 0.0 else 0.0
+            for g in range(n_genres):
+                for j in range(genre_start[g], genre_start[g + 1]):
+                    c = explore_order[row, j]
+                    if flags[c] & (_CHOSEN | _EVER | _SEEN) or rating[c] != 0:
+                        continue
+                    if not _eligible(c, d, u, launched, retired, flags, rating, ing_words,
+                                     avoid_words, n_words):
+                        continue
                     is_new = d - new_days < launched[c] and launched[c] <= d
-                    x = prior[c] + new_bonus * (1.0 if is_new else 0.0)
-                    x = x + jitter_weight * _jitter(uid[u], snack_ids[c], d)
+                    base = prior[c] + new_bonus * (1.0 if is_new else 0.0)
+                    if n_top[g] == cap:
+                        bound = np.rint((base + jmax) * 1e6)
+                        if bound < np.float64(top[g, cap - 1] >> bits):
+                            break
+                    x = base + jitter_weight * _jitter(uid[u], snack_ids[c], d)
                     key, bad = _pack(x, mask - c, bits, limit)
                     overflow |= bad
-                    _offer(top, n_top, genre_of_col[c], key, cap)
+                    _offer(top, n_top, g, key, cap)
             count, n_out = _take(top, n_top, merged, genre_count, genre_of_col, cap, count,
                                  k_box, mask, out_col, out_slot, out_stage, out_user, n_out, u,
                                  2, flags, n_genres)
-        # 4. fallback
+        # 4. fallback (rare: only when too few novel snacks are left): every eligible snack
         if count < k_box:
             for c in range(n_snacks):
-                if eligible[c] and flags[c] & _CHOSEN == 0:
-                    _offer(top, n_top, genre_of_col[c], score_key[c], cap)
+                if flags[c] & _CHOSEN:
+                    continue
+                if _eligible(c, d, u, launched, retired, flags, rating, ing_words, avoid_words,
+                             n_words):
+                    g = genre_of_col[c]
+                    key, bad = _score_key(c, g, u, rating, prior, own_of, sum_g, cnt_g, mean_u,
+                                          favorite, genre_weight, fav_bonus, mask, bits, limit)
+                    overflow |= bad
+                    _offer(top, n_top, g, key, cap)
             count, n_out = _take(top, n_top, merged, genre_count, genre_of_col, cap, count,
                                  k_box, mask, out_col, out_slot, out_stage, out_user, n_out, u,
                                  3, flags, n_genres)
