@@ -11,7 +11,15 @@ a time in compiled code, touching each (user, snack) cell a handful of times:
   with the same float64 operations in the same order as the numpy path (numba
   does not contract or reorder floating point without ``fastmath``),
 * each stage keeps only the best ``max_per_genre`` candidates of each genre
-  (the only ones that can be chosen) and walks them greedily.
+  (the only ones that can be chosen) and walks them greedily;
+* and it does not even score every snack: within a genre, an unrated snack's
+  score is a monotone function of its prior (the user's genre terms are the same
+  for the whole genre), and an explore key is at most ``prior + new bonus +
+  max(explore_jitter, 0)``. So each genre is walked in prior (or prior + new
+  bonus) order and the walk stops at the first candidate whose rounded key - or
+  bound - is strictly below the genre's current ``max_per_genre``-th. Rated
+  snacks (a user's few dozen) are scored one by one. Equal rounded keys are never
+  cut off, so ties still go to the smaller snack id.
 
 Keys are the same packed int64 as the numpy path: ``rint(x * 1e6)`` (the order of
 ``numpy.round(x, 6)``) in the high bits, the inverted snack column in the low bits.
