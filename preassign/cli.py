@@ -337,7 +337,8 @@ def _extract(source: str | None, source_file: str | None, lake: str, users_per_p
               help=f"Override a rule parameter (repeatable). Names: {', '.join(Params.names())}.")
 @click.option("--on-invalid", type=click.Choice(["raise", "drop"]), default="raise",
               show_default=True,
-              help="Invalid rows in the lake: fail the run, or drop them and count them.")
+              help="Invalid rows in the lake: fail the run, or drop them, count them in "
+                   "summary.json and write them with the reason to rejected/ in the output.")
 @click.option("--overwrite", is_flag=True, help="Replace a complete output already at --out.")
 @click.option("--users-per-partition", default=50_000, show_default=True,
               type=click.IntRange(min=1),

@@ -299,7 +299,8 @@ def _fmt(v: object) -> str:
 
 
 def normalize_table(
-    name: str, raw: pd.DataFrame, *, on_invalid: str = "raise"
+    name: str, raw: pd.DataFrame, *, on_invalid: str = "raise",
+    rejected: dict[str, pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, list[InvalidValues], np.ndarray]:
     """Check and convert one table (or one partition of it) to its normalised form.
 
@@ -308,6 +309,8 @@ def normalize_table(
         raw: the rows as read from Parquet (any physical types; extra columns ignored).
         on_invalid: ``"raise"`` to raise :class:`LakeError` at the first broken rule,
             ``"drop"`` to drop the broken rows and report them.
+        rejected: with ``"drop"``, if given, ``rejected[name]`` receives the dropped raw
+            rows (required columns as text) with a ``reason`` column.
 
     Returns:
         ``(frame, problems, bad_mask)``: the normalised rows (invalid ones dropped),
@@ -335,6 +338,7 @@ def normalize_table(
     n = len(raw)
     out: dict[str, np.ndarray] = {}
     bad = np.zeros(n, bool)
+    reason = np.full(n, None, dtype=object)
     problems: list[InvalidValues] = []
 
     def flag(col: str, mask: np.ndarray, rule: str) -> None:
@@ -344,6 +348,7 @@ def normalize_table(
             if on_invalid == "raise":
                 raise LakeError(problem.message())
             problems.append(problem)
+            reason[mask & ~bad] = f"{col}: {rule}"
             bad |= mask
 
     for col, kind in spec.columns.items():
@@ -389,6 +394,10 @@ def normalize_table(
     frame = pd.DataFrame(out, index=pd.RangeIndex(n))
     if bad.any():
         frame = frame.loc[~bad].reset_index(drop=True)
+        if rejected is not None:
+            rows = raw.loc[bad, list(spec.columns)].reset_index(drop=True)
+            text = {c: [None if _fmt(v) == "null" else str(v) for v in rows[c]] for c in rows}
+            rejected[name] = pd.DataFrame({**text, "reason": reason[bad].astype(str)})
     return frame, problems, bad
 
 

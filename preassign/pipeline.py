@@ -125,13 +125,17 @@ class RunResult:
 # small tables (read on the client)
 
 
-def _concat_normalized(name: str, parts: list[pd.DataFrame], on_invalid: str) -> tuple[pd.DataFrame, int, list]:
+def _concat_normalized(name: str, parts: list[pd.DataFrame], on_invalid: str,
+                       rejected: dict[str, list] | None = None) -> tuple[pd.DataFrame, int, list]:
     frames, problems, rows = [], [], 0
     for raw in parts:
         rows += len(raw)
-        norm, found, _ = normalize_table(name, raw, on_invalid=on_invalid)
+        dropped: dict[str, pd.DataFrame] = {}
+        norm, found, _ = normalize_table(name, raw, on_invalid=on_invalid, rejected=dropped)
         frames.append(norm)
         problems.extend(found)
+        if rejected is not None and name in dropped:
+            rejected.setdefault(name, []).append(dropped[name])
     if not frames:
         from .contract import empty_table
 
@@ -139,19 +143,24 @@ def _concat_normalized(name: str, parts: list[pd.DataFrame], on_invalid: str) ->
     return pd.concat(frames, ignore_index=True), rows, problems
 
 
-def load_catalog(lake: Lake, on_invalid: str = "raise") -> tuple[SnackCatalog, pd.DataFrame | None, dict[str, int], list]:
+def load_catalog(
+    lake: Lake, on_invalid: str = "raise", rejected: dict[str, list] | None = None
+) -> tuple[SnackCatalog, pd.DataFrame | None, dict[str, int], list]:
     """Read, check and de-duplicate ``snacks`` and (optional) ``stock``.
 
     Returns:
         ``(catalog, stock, input_rows, problems)``; ``stock`` is ``None`` when the
-        lake has no ``stock`` table, else the rows of known snacks.
+        lake has no ``stock`` table, else the rows of known snacks. With
+        ``on_invalid="drop"``, ``rejected`` (if given) receives the dropped rows.
     """
-    snacks, n_snacks, problems = _concat_normalized("snacks", read_small_table(lake, "snacks"), on_invalid)
+    snacks, n_snacks, problems = _concat_normalized(
+        "snacks", read_small_table(lake, "snacks"), on_invalid, rejected)
     catalog = build_catalog(dedupe_keyed("snacks", snacks, "snack_id"))
     rows = {"snacks": n_snacks}
     stock = None
     if lake.has_table("stock"):
-        raw, n_stock, found = _concat_normalized("stock", read_small_table(lake, "stock"), on_invalid)
+        raw, n_stock, found = _concat_normalized("stock", read_small_table(lake, "stock"),
+                                                 on_invalid, rejected)
         problems += found
         rows["stock"] = n_stock
         stock = dedupe_keyed("stock", raw, "snack_id")
@@ -190,14 +199,17 @@ def _scan_partition(
     *parts: pd.DataFrame,
 ) -> PartitionStats:
     raw = dict(zip(USER_KEYED, parts))
-    tables, input_rows, orphans, problems = prepare_partition(raw, catalog, on_invalid=on_invalid)
+    rejected: dict[str, pd.DataFrame] = {}
+    tables, input_rows, orphans, problems = prepare_partition(raw, catalog, on_invalid=on_invalid,
+                                                              rejected=rejected)
     _check_bounds(tables, bounds, index)
     sums, counts, targeted = summarize_partition(tables, catalog, date_from, date_to, engine)
     invalid: dict[str, int] = {}
     for p in problems:
         invalid[p.table] = invalid.get(p.table, 0) + p.count
     return PartitionStats(input_rows, orphans, invalid, sums, counts, targeted, problems,
-                          targeted_by_day(tables["users"], date_from, date_to))
+                          targeted_by_day(tables["users"], date_from, date_to),
+                          {name: [frame] for name, frame in rejected.items()})
 
 
 def _assign_partition(
@@ -335,7 +347,8 @@ def _run(config: RunConfig, client: Any, output: Output, progress: bool,
     t = time.perf_counter()
     lake = open_lake(config.lake, config.storage_options)
     fingerprint = lake.fingerprint()
-    catalog, stock, small_rows, problems = load_catalog(lake, config.on_invalid)
+    rejected_small: dict[str, list] = {}
+    catalog, stock, small_rows, problems = load_catalog(lake, config.on_invalid, rejected_small)
     frames, layout = read_user_tables(lake, users_per_partition=config.users_per_partition)
     npart = frames["users"].npartitions
     log.info("lake %s: %d snacks, %d partitions (%s)", config.lake, catalog.size, npart, layout)
@@ -407,6 +420,9 @@ def _run(config: RunConfig, client: Any, output: Output, progress: bool,
         output.write_frame("demand/part.0.parquet", demand_out, DEMAND_SCHEMA)
         if shortage is not None:
             output.write_frame("shortage/part.0.parquet", shortage, SHORTAGE_SCHEMA)
+        for name, frames in {**rejected_small, **stats.rejected}.items():
+            output.write_frame(f"rejected/{name}/part.0.parquet",
+                               pd.concat(frames, ignore_index=True))
         output.write_frame("snack_prior/part.0.parquet", pd.DataFrame({
             "snack_id": catalog.snack_id,
             "genre": np.array(catalog.genres, dtype=object)[catalog.genre] if catalog.size

@@ -116,6 +116,7 @@ class PartitionStats:
     users_targeted: int
     problems: list = dataclasses.field(default_factory=list)
     targeted_by_day: dict[int, int] = dataclasses.field(default_factory=dict)
+    rejected: dict[str, list] = dataclasses.field(default_factory=dict)
 
     def __add__(self, other: PartitionStats) -> PartitionStats:
         def add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -130,6 +131,8 @@ class PartitionStats:
             users_targeted=self.users_targeted + other.users_targeted,
             problems=self.problems + other.problems,
             targeted_by_day=add(self.targeted_by_day, other.targeted_by_day),
+            rejected={k: self.rejected.get(k, []) + other.rejected.get(k, [])
+                      for k in {**self.rejected, **other.rejected}},
         )
 
 
@@ -138,6 +141,7 @@ def prepare_partition(
     catalog: SnackCatalog,
     *,
     on_invalid: str = "raise",
+    rejected: dict[str, pd.DataFrame] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, int], dict[str, int], list]:
     """Normalise one partition of the user-keyed tables and drop orphan rows.
 
@@ -146,6 +150,7 @@ def prepare_partition(
             tables; missing tables count as empty).
         catalog: the snack catalog (for orphan detection by ``snack_id``).
         on_invalid: ``"raise"`` or ``"drop"`` (see :func:`normalize_table`).
+        rejected: with ``"drop"``, receives the dropped rows per table, with the reason.
 
     Returns:
         ``(tables, input_rows, orphan_rows, problems)`` where ``tables`` holds
@@ -162,7 +167,7 @@ def prepare_partition(
 
             frame = empty_table(name)
         input_rows[name] = len(frame)
-        norm, found, _ = normalize_table(name, frame, on_invalid=on_invalid)
+        norm, found, _ = normalize_table(name, frame, on_invalid=on_invalid, rejected=rejected)
         problems.extend(found)
         tables[name] = norm
     users = dedupe_keyed("users", tables["users"], "user_id")

@@ -120,6 +120,28 @@ def test_drop_mode_drops_and_counts(tmp_path):
                                              out=str(tmp_path / "out"), on_invalid="drop"))
     assert result.summary["invalid_rows"] == {"ratings": 1}
     assert result.summary["units_total"] == 5  # the example's answer is unchanged
+    rejected = pd.read_parquet(tmp_path / "out" / "rejected" / "ratings")
+    assert len(rejected) == 1
+    assert rejected.loc[0, "rating"] == "7" and rejected.loc[0, "user_id"] == "10"
+    assert rejected.loc[0, "reason"] == "rating: have a rating outside 1-4"
+
+
+def test_drop_mode_writes_rejected_rows_of_every_table(tmp_path):
+    tables = worked_example_tables()
+    tables["users"].loc[1, "status"] = "frozen"  # user 20 dropped -> its rows become orphans
+    tables["stock"].loc[0, "quantity"] = -1
+    tables["snacks"].loc[5, "genre"] = None
+    lake = _write_raw(tables, str(tmp_path / "lake"))
+    with dask.config.set(scheduler="sync"):
+        result = run_preassignment(RunConfig(lake=lake, date_from=D, date_to=D,
+                                             out=str(tmp_path / "out"), on_invalid="drop"))
+    assert result.summary["invalid_rows"] == {"snacks": 1, "stock": 1, "users": 1}
+    assert result.summary["users_targeted"] == 1
+    for name, reason in [("users", "status: have a status outside"),
+                         ("stock", "quantity: have a negative quantity"),
+                         ("snacks", "genre: are null")]:
+        rows = pd.read_parquet(tmp_path / "out" / "rejected" / name)
+        assert len(rows) == 1 and rows.loc[0, "reason"].startswith(reason)
 
 
 def test_normalize_accepts_every_physical_form():
