@@ -148,3 +148,22 @@ def test_synth_lake_fast_path_equals_reference(tmp_path):
     assert result.summary["lake"]["partitions"] == 5
     assert result.summary["users_targeted"] > 200
     assert_matches_reference(tables, out, result, WORKED_DATE, until, {})
+
+
+def test_messy_lake_on_a_local_cluster_equals_reference(tmp_path):
+    """The shuffle path (hash partitioning on user_id) with real worker processes."""
+    from distributed import Client, LocalCluster
+
+    rng = np.random.default_rng(2024)
+    tables = random_tables(rng, n_users=60, n_snacks=13, with_stock=True)
+    lake = write_tables(tables, str(tmp_path / "lake"), rng=rng, messy=True)
+    out = str(tmp_path / "out")
+    until = WORKED_DATE + dt.timedelta(days=3)
+    cfg = RunConfig(lake=lake, date_from=WORKED_DATE, date_to=until, out=out,
+                    users_per_partition=9)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        result = run_preassignment(cfg, client)
+    assert result.summary["lake"]["layout"] == "shuffled"
+    assert result.summary["lake"]["partitions"] > 1
+    assert_matches_reference(tables, out, result, WORKED_DATE, until, {})
