@@ -129,16 +129,20 @@ def _take(top, n_top, merged, genre_count, genre_of_col, cap, count, target, mas
           out_col, out_slot, out_stage, out_user, n_out, u, stage, flags, n_genres):  # pragma: no cover
     """Walk the merged top-per-genre candidates in key order; fill up to ``target``."""
     m = 0
-    for g in range(n_genres):
+    for g in range(n_genres):  # merge the per-genre lists, descending (insertion: m is small)
         for k in range(n_top[g]):
-            merged[m] = top[g, k]
+            key = top[g, k]
+            j = m
+            while j > 0 and merged[j - 1] < key:
+                merged[j] = merged[j - 1]
+                j -= 1
+            merged[j] = key
             m += 1
         n_top[g] = 0
-    cand = np.sort(merged[:m])
-    for k in range(m - 1, -1, -1):
+    for k in range(m):
         if count >= target:
             break
-        c = mask - (cand[k] & mask)
+        c = mask - (merged[k] & mask)
         g = genre_of_col[c]
         if genre_count[g] >= cap:
             continue
