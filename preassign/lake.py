@@ -28,6 +28,7 @@ root that readers should use (how ``extract`` publishes a new lake atomically).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -38,7 +39,7 @@ import posixpath
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dask.dataframe as dd
@@ -53,6 +54,7 @@ from .contract import TABLES, USER_KEYED, LakeError
 __all__ = [
     "Lake",
     "LakeError",
+    "OutputError",
     "OutputExistsError",
     "open_lake",
     "read_small_table",
@@ -120,6 +122,11 @@ class OutputExistsError(FileExistsError):
 
 class OutputLockedError(OutputExistsError):
     """Another run is writing to the same output location."""
+
+
+class OutputError(OSError):
+    """The output location could not be written (storage failure, permissions); the
+    storage's own error is chained as the cause."""
 
 
 def _join(*parts: str) -> str:
@@ -446,6 +453,10 @@ class Output:
         Raises:
             OutputLockedError: another run holds the lock.
         """
+        with self._failing(f"taking the lock {self.lock_path} of output"):
+            self._acquire()
+
+    def _acquire(self) -> None:
         holder = f"{self.run_id} pid={os.getpid()} host={socket.gethostname()}"
         if self.local:
             import fcntl
@@ -472,6 +483,10 @@ class Output:
                 return
             except FileExistsError:
                 text = self.fs.cat_file(self.lock_path).decode(errors="replace")
+                if text.startswith(f"{holder} at="):
+                    # our own PUT took effect but its answer was lost; the retry got 412
+                    self._lock_fd = -1
+                    return
                 at = float(text.rsplit("at=", 1)[-1]) if "at=" in text else 0.0
                 if attempt == 0 and time.time() - at > self.stale_lock_seconds:
                     log.warning("removing stale lock %s (%s)", self.lock_path, text)
@@ -495,6 +510,20 @@ class Output:
                 self.fs.rm(self.lock_path)
             except FileNotFoundError:  # pragma: no cover
                 pass
+            except OSError as exc:  # never hide the run's own error, or fail a published run
+                log.warning("could not remove the lock %s of output %s (%s); delete it, or the "
+                            "next run to %s will be refused", self.lock_path, self.url, exc,
+                            self.url)
+
+    @contextlib.contextmanager
+    def _failing(self, doing: str) -> Iterator[None]:
+        """Name the output (and what was being done) in storage errors."""
+        try:
+            yield
+        except (OutputExistsError, OutputError):
+            raise
+        except OSError as exc:
+            raise OutputError(f"{doing} {self.url!r} failed: {exc}") from exc
 
     def check_writable(self) -> None:
         """Refuse early if a complete output is there and ``overwrite`` is off."""
@@ -538,11 +567,12 @@ class Output:
 
     def publish(self) -> None:
         """Make the staged run the output; ``summary.json`` must already be staged."""
-        self.check_writable()
-        if self.local:
-            self._publish_local()
-        else:
-            self._publish_object_store()
+        with self._failing("publishing the run to output"):
+            self.check_writable()
+            if self.local:
+                self._publish_local()
+            else:
+                self._publish_object_store()
 
     def _publish_local(self) -> None:
         old = None

@@ -104,6 +104,13 @@ WATERMARK_COLUMN = "row_id"
 APPEND_ONLY: tuple[str, ...] = ("ratings", "deliveries", "requests")
 
 _MYSQL = ("mysql", "mariadb")
+#: Upper bound of a MySQL session's wait for a metadata lock (the server default is a day
+#: on MariaDB, a year on MySQL): a table locked or altered on the reader fails the
+#: extraction instead of hanging it.
+LOCK_WAIT_SECONDS = 600
+#: Default driver read timeout (``?read_timeout=`` in the URL overrides it): a connection
+#: the network black-holes (a failover) fails the extraction instead of hanging it.
+READ_TIMEOUT_SECONDS = 600
 _TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4",
                   "mysql_collate": "utf8mb4_bin"}
 
@@ -377,7 +384,12 @@ def create_engine_from_url(url: str | URL, **kwargs: Any) -> Engine:
         if "charset" not in parsed.query:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
         connect_args = dict(kwargs.pop("connect_args", {}))
-        connect_args.setdefault("init_command", "SET time_zone = '+00:00'")
+        connect_args.setdefault(
+            "init_command",
+            "SET time_zone = '+00:00', "
+            f"lock_wait_timeout = LEAST(@@GLOBAL.lock_wait_timeout, {LOCK_WAIT_SECONDS})")
+        if "read_timeout" not in parsed.query:
+            connect_args.setdefault("read_timeout", READ_TIMEOUT_SECONDS)
         kwargs["connect_args"] = connect_args
     try:
         return sa.create_engine(parsed, **kwargs)
@@ -446,6 +458,9 @@ def resolve_source_url(
 # errors
 
 _UNREACHABLE = {2002, 2003, 2005, 2006, 2013, 2026}
+# the server ended a session that was working: shutdown in progress, connection killed,
+# gone away (2006) or lost during a query (2013); 2006/2013 while connecting stay _UNREACHABLE
+_LOST = {1053, 1927}
 _AUTH = {1044, 1045, 1698}
 _UNKNOWN_DB = {1049}
 _NO_TABLE = {1146}
@@ -478,6 +493,12 @@ def translate_error(exc: BaseException, url: str | URL, doing: str) -> SourceErr
     if parsed.password:
         text = text.replace(parsed.password, "***")
     low = text.lower()
+    if code in _LOST or (code in (2006, 2013) and ("during query" in low or "gone away" in low)):
+        return SourceConnectionError(
+            f"{doing}: lost the connection to the source database {where} ({text}): the "
+            "server restarted or failed over, the session was killed, or the network dropped "
+            "it; try again"
+        )
     if code in _AUTH or "access denied" in low or "authentication" in low:
         return SourceConnectionError(
             f"access denied by the source database {where} for user {parsed.username!r}: "
