@@ -1,0 +1,1 @@
+"""Benchmarks of preassign against its peers (see benchmarks/README.md)."""
