@@ -172,13 +172,19 @@ def load_catalog(
 # the kernels (run on workers; pure apart from the bounds check)
 
 
-def _check_bounds(tables: dict[str, pd.DataFrame], bounds: tuple[int, int] | None, index: int) -> None:
+def _check_bounds(raw: dict[str, pd.DataFrame], bounds: tuple[int, int] | None, index: int) -> None:
+    """Every raw row of partition ``index`` must lie in its recorded user range (checked
+    before orphans are set aside: a row in the wrong file would otherwise look orphan)."""
     if bounds is None:
         return
+    from .contract import _to_int
+
     lo, hi = bounds
-    for name, frame in tables.items():
-        uid = frame["user_id"].to_numpy(np.int64)
-        outside = (uid < lo) | (uid >= hi)
+    for name, frame in raw.items():
+        if frame is None or "user_id" not in frame or not len(frame):
+            continue
+        uid, nulls = _to_int(name, "user_id", "id", frame["user_id"])
+        outside = ~nulls & ((uid < lo) | (uid >= hi))
         if outside.any():
             raise LakeError(
                 f"table {name!r}, column 'user_id': {int(outside.sum())} rows of partition "
@@ -186,6 +192,13 @@ def _check_bounds(tables: dict[str, pd.DataFrame], bounds: tuple[int, int] | Non
                 f"{int(uid[outside][0])}); the lake's _lake.json does not match its files - "
                 "rewrite the lake or delete _lake.json"
             )
+
+
+#: Tables the scan pass reads when invalid rows fail the run: enough for the prior, the
+#: target users and their checks. The other user tables are checked and counted by the
+#: assign pass, which reads them anyway (so no table is read and decoded twice but these).
+SCAN_TABLES = ("users", "ratings")
+_STATS_STAGE = -1  # marker rows in the assign pass's output: per-table counts, never written
 
 
 def _scan_partition(
@@ -196,13 +209,17 @@ def _scan_partition(
     date_to: dt.date,
     on_invalid: str,
     engine: str,
+    names: tuple[str, ...],
     *parts: pd.DataFrame,
 ) -> PartitionStats:
-    raw = dict(zip(USER_KEYED, parts))
+    raw = dict(zip(names, parts))
+    _check_bounds(raw, bounds, index)
     rejected: dict[str, pd.DataFrame] = {}
     tables, input_rows, orphans, problems = prepare_partition(raw, catalog, on_invalid=on_invalid,
                                                               rejected=rejected)
-    _check_bounds(tables, bounds, index)
+    tables = {name: tables[name] for name in names}
+    input_rows = {name: n for name, n in input_rows.items() if name in names}
+    orphans = {name: n for name, n in orphans.items() if name in names}
     sums, counts, targeted = summarize_partition(tables, catalog, date_from, date_to, engine)
     invalid: dict[str, int] = {}
     for p in problems:
@@ -221,14 +238,33 @@ def _assign_partition(
     params: Params,
     on_invalid: str,
     engine: str,
+    count_tables: tuple[str, ...] = (),
+    bounds: list[int] | None = None,
+    partition_info: dict | None = None,
 ) -> pd.DataFrame:
     raw = dict(zip(USER_KEYED, parts))
-    tables, _, _, _ = prepare_partition(raw, catalog, on_invalid=on_invalid)
+    if bounds is not None and partition_info is not None:
+        i = partition_info["number"]
+        _check_bounds({n: raw[n] for n in count_tables}, (bounds[i], bounds[i + 1]), i)
+    tables, input_rows, orphans, _ = prepare_partition(raw, catalog, on_invalid=on_invalid)
     if engine == "numba":
         sparse = build_sparse_state(tables, catalog, date_from, date_to, params)
-        return assign_snacks_sparse(sparse, catalog, prior, params)
-    state = build_user_state(tables, catalog, date_from, date_to, params)
-    return assign_snacks(state, catalog, prior, params)
+        out = assign_snacks_sparse(sparse, catalog, prior, params)
+    else:
+        state = build_user_state(tables, catalog, date_from, date_to, params)
+        out = assign_snacks(state, catalog, prior, params)
+    if not count_tables:
+        return out
+    k = [USER_KEYED.index(n) for n in count_tables]
+    markers = pd.DataFrame({  # table index, input rows, orphan rows of the tables counted here
+        "delivery_on": np.array(k, np.int32),
+        "user_id": np.array([input_rows[n] for n in count_tables], np.int64),
+        "slot": np.zeros(len(k), np.int16),
+        "snack_id": np.array([orphans[n] for n in count_tables], np.int64),
+        "stage": np.full(len(k), _STATS_STAGE, np.int8),
+        "box_size": np.zeros(len(k), np.int16),
+    })
+    return pd.concat([out, markers], ignore_index=True)
 
 
 def _days_to_arrow_dates(days: np.ndarray) -> pd.Series:
@@ -247,6 +283,16 @@ def _assignment_output(frame: pd.DataFrame) -> pd.DataFrame:
             "stage": pd.arrays.ArrowExtensionArray(stage),
         }
     )
+
+
+def _assignment_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    keep = frame["stage"].to_numpy() >= 0
+    return frame if keep.all() else frame.loc[keep].reset_index(drop=True)
+
+
+def _count_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    marker = frame["stage"].to_numpy() == _STATS_STAGE
+    return frame.loc[marker, ["delivery_on", "user_id", "snack_id"]].reset_index(drop=True)
 
 
 def _full_boxes_by_day(frame: pd.DataFrame) -> pd.DataFrame:
@@ -355,7 +401,10 @@ def _run(config: RunConfig, client: Any, output: Output, progress: bool,
     t = done("read", t)
 
     # pass 1: validate, count, and sum latest ratings per snack -> prior
-    delayed_parts = {name: frames[name].to_delayed() for name in USER_KEYED}
+    # (dropping invalid rows needs every table here, to collect the rejected rows)
+    scan_names = SCAN_TABLES if config.on_invalid == "raise" else USER_KEYED
+    deferred = tuple(n for n in USER_KEYED if n not in scan_names)
+    delayed_parts = {name: frames[name].to_delayed() for name in scan_names}
     bounds = lake.manifest["bounds"] if layout == "co-partitioned" and lake.manifest else None
     scan = dask.delayed(_scan_partition, pure=True)
     tasks = [
@@ -367,7 +416,8 @@ def _run(config: RunConfig, client: Any, output: Output, progress: bool,
             config.date_to,
             config.on_invalid,
             config.engine,
-            *[delayed_parts[name][i] for name in USER_KEYED],
+            scan_names,
+            *[delayed_parts[name][i] for name in scan_names],
         )
         for i in range(npart)
     ]
@@ -382,7 +432,7 @@ def _run(config: RunConfig, client: Any, output: Output, progress: bool,
     # pass 2: user state + assignment per partition, written, aggregated and counted
     output.discard()
     try:
-        assignments = dask.dataframe.map_partitions(
+        result = dask.dataframe.map_partitions(
             _assign_partition,
             *[frames[name] for name in USER_KEYED],
             catalog=catalog,
@@ -392,10 +442,14 @@ def _run(config: RunConfig, client: Any, output: Output, progress: bool,
             params=config.params,
             on_invalid=config.on_invalid,
             engine=config.engine,
+            count_tables=deferred,
+            bounds=bounds,
             meta=_INTERNAL_META,
             align_dataframes=False,
             enforce_metadata=False,
         )
+        assignments = result.map_partitions(_assignment_rows, meta=_INTERNAL_META)
+        counted = result.map_partitions(_count_rows, meta=_count_rows(_INTERNAL_META))
         write = assignments.map_partitions(
             _assignment_output, meta=_assignment_output(_INTERNAL_META)
         ).to_parquet(
@@ -410,8 +464,13 @@ def _run(config: RunConfig, client: Any, output: Output, progress: bool,
         demand_dd = demand_parts.groupby(["delivery_on", "snack_id"]).sum(split_out=1)
         full_boxes = assignments.map_partitions(_full_boxes_by_day, meta=_full_boxes_by_day(
             _INTERNAL_META)).groupby("delivery_on")["full"].sum()
-        _, demand, full_by_day = _compute(client, [write, demand_dd, full_boxes], progress)
+        _, demand, full_by_day, counts = _compute(
+            client, [write, demand_dd, full_boxes, counted], progress)
         n_full = int(full_by_day.sum())
+        for k, rows, orphan in counts.itertuples(index=False):
+            name = USER_KEYED[int(k)]
+            stats.input_rows[name] = stats.input_rows.get(name, 0) + int(rows)
+            stats.orphan_rows[name] = stats.orphan_rows.get(name, 0) + int(orphan)
         t = done("assign", t)
 
         demand = combine_demand(demand.reset_index())

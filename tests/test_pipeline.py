@@ -167,3 +167,33 @@ def test_messy_lake_on_a_local_cluster_equals_reference(tmp_path):
     assert result.summary["lake"]["layout"] == "shuffled"
     assert result.summary["lake"]["partitions"] > 1
     assert_matches_reference(tables, out, result, WORKED_DATE, until, {})
+
+
+def test_a_manifest_that_lies_is_an_error_not_a_wrong_answer(tmp_path):
+    from preassign.contract import LakeError
+    from preassign.synth import SynthConfig, write_lake
+
+    lake = tmp_path / "lake"
+    with dask.config.set(scheduler="sync"):
+        write_lake(SynthConfig(users=400, users_per_partition=200, as_of=WORKED_DATE), str(lake))
+    a, b = lake / "deliveries" / "part.00000.parquet", lake / "deliveries" / "part.00001.parquet"
+    a.rename(tmp_path / "swap"), b.rename(a), (tmp_path / "swap").rename(b)  # users misplaced
+    with pytest.raises(LakeError, match=r"table .deliveries., column .user_id.: \d+ rows of "
+                                        r"partition \d lie outside its recorded range"):
+        _run(str(lake), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_each_partition_is_assigned_once(worked_lake, tmp_path, monkeypatch):
+    from preassign import pipeline
+
+    calls = []
+    real = pipeline._assign_partition
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_assign_partition", counting)
+    _run(worked_lake, str(tmp_path / "out"), users_per_partition=1)  # 3 users -> 3 partitions
+    assert len(calls) == 3
