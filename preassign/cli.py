@@ -446,7 +446,7 @@ def _is_infrastructure(exc: BaseException) -> bool:
     infra = (OSError, TimeoutError, ConnectionError, KilledWorker, CommClosedError,
              FutureCancelledError)
     return isinstance(exc, infra) or type(exc).__name__ in ("ClusterVersionMismatch",
-                                                             "OperationalError")
+                                                             "OperationalError", "ClusterStalled")
 
 
 def _print_result(result: Any, top: int = 10) -> None:

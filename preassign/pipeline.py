@@ -21,8 +21,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -335,16 +337,66 @@ def _cluster_info(client: Any) -> dict[str, Any]:
     }
 
 
+class ClusterStalled(RuntimeError):
+    """Every worker stayed paused (memory above Dask's pause threshold): no progress."""
+
+
+class _Watchdog(threading.Thread):
+    """Cancel a computation when every worker stays paused: a clear error, never a hang."""
+
+    def __init__(self, client: Any, futures: list, stall_seconds: float):
+        super().__init__(name="preassign-watchdog", daemon=True)
+        self.client, self.futures, self.stall_seconds = client, futures, stall_seconds
+        self.stop = threading.Event()
+        self.reason: str | None = None
+
+    def run(self) -> None:
+        paused_since = None
+        while not self.stop.wait(1.0):
+            try:
+                workers = self.client.scheduler_info()["workers"]
+            except Exception:  # noqa: BLE001 - the scheduler may be busy; look again later
+                continue
+            if workers and all(w.get("status") == "paused" for w in workers.values()):
+                paused_since = paused_since or time.monotonic()
+                if time.monotonic() - paused_since >= self.stall_seconds:
+                    limit = min(int(w.get("memory_limit") or 0) for w in workers.values())
+                    self.reason = (
+                        f"all {len(workers)} Dask workers have been paused for "
+                        f"{self.stall_seconds:.0f} s: their memory use is above the pause "
+                        f"threshold (80% of a {limit / 2**20:.0f} MiB memory limit), so no task "
+                        "can run. Raise --memory-limit (a worker needs about 1 GiB for 50,000 "
+                        "users per partition) or write the lake with fewer users per partition"
+                    )
+                    self.client.cancel(self.futures)
+                    return
+            else:
+                paused_since = None
+
+
+#: seconds every worker may stay paused before the run is stopped
+STALL_SECONDS = float(os.environ.get("PREASSIGN_STALL_SECONDS", "60"))
+
+
 def _compute(client: Any, collections: list, progress: bool) -> list:
     if client is None:
         return list(dask.compute(*collections))
     futures = client.compute(collections)
-    if progress:
-        from distributed import progress as show_progress
+    watchdog = _Watchdog(client, futures, STALL_SECONDS)
+    watchdog.start()
+    try:
+        if progress:
+            from distributed import progress as show_progress
 
-        show_progress(futures, notebook=False)  # a text bar: terminals and notebooks alike
-        sys.stdout.write("\n")
-    return client.gather(futures)
+            show_progress(futures, notebook=False)  # a text bar: terminals and notebooks alike
+            sys.stdout.write("\n")
+        return client.gather(futures)
+    except Exception:
+        if watchdog.reason:
+            raise ClusterStalled(watchdog.reason) from None
+        raise
+    finally:
+        watchdog.stop.set()
 
 
 def run_preassignment(

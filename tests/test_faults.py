@@ -89,3 +89,22 @@ def test_workers_lost_beyond_retries_exit_3_and_publish_nothing(lake, tmp_path):
     assert "KilledWorker" in result.output or "worker" in result.output.lower()
     assert not (tmp_path / "out").exists()
     assert not [p for p in os.listdir(tmp_path) if "staging" in p]
+
+
+def test_paused_workers_stop_the_run_with_a_clear_error(lake, tmp_path, monkeypatch):
+    """Workers paused for memory forever would hang the run: the watchdog stops it."""
+    from preassign import pipeline
+
+    monkeypatch.setattr(pipeline, "STALL_SECONDS", 3.0)
+    memory = {"distributed.worker.memory.pause": 0.01, "distributed.worker.memory.target": False,
+              "distributed.worker.memory.spill": False,
+              "distributed.worker.memory.terminate": False}
+    with dask.config.set(memory), LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                               memory_limit="2GiB", dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        started = time.monotonic()
+        with pytest.raises(pipeline.ClusterStalled, match="paused for 3 s.*Raise --memory-limit"):
+            run_preassignment(RunConfig(lake=lake, date_from=D, date_to=UNTIL,
+                                        out=str(tmp_path / "out")), client)
+        assert time.monotonic() - started < 120
+    assert not (tmp_path / "out").exists()
