@@ -468,7 +468,9 @@ def _print_result(result: Any, top: int = 10) -> None:
                    + (f" (top {min(top, len(short))})" if len(short) else ""))
         if len(short):
             click.echo(short.head(top).to_string(index=False))
-    click.echo(f"\nOutputs: {result.out}/ (assignments/, demand/, shortage/, summary.json)")
+    parts = "assignments/, demand/, " + ("shortage/, " if result.shortage is not None else "") + \
+        "snack_prior/, report.html, summary.json"
+    click.echo(f"\nOutputs: {result.out}/ ({parts})")
 
 
 if __name__ == "__main__":  # pragma: no cover
