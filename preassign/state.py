@@ -232,6 +232,21 @@ def targeted_by_day(users: pd.DataFrame, date_from: dt.date, date_to: dt.date) -
     return {int(v): int(c) for v, c in zip(values, counts)}
 
 
+def _target_users(
+    users: pd.DataFrame, date_from: dt.date, date_to: dt.date, params: Params
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """-> (mask over ``users``, then the targets' ids, delivery days and box sizes by id)."""
+    target = _target_mask(users, date_from, date_to)
+    tusers = users.loc[target].sort_values("user_id", kind="stable")
+    box = tusers["box_size"].to_numpy(np.int32)
+    return (
+        target,
+        tusers["user_id"].to_numpy(np.int64),
+        tusers["next_delivery_on"].to_numpy(np.int32),
+        np.where(box == 0, params.default_box_size, box).astype(np.int32),
+    )
+
+
 def _target_mask(users: pd.DataFrame, date_from: dt.date, date_to: dt.date) -> np.ndarray:
     day = users["next_delivery_on"].to_numpy(np.int32)
     return (
@@ -318,12 +333,7 @@ def build_user_state(
         The partition's :class:`UserState`, rows ordered by ``user_id``.
     """
     users = tables["users"]
-    target = _target_mask(users, date_from, date_to)
-    tusers = users.loc[target].sort_values("user_id", kind="stable")
-    uid = tusers["user_id"].to_numpy(np.int64)
-    day = tusers["next_delivery_on"].to_numpy(np.int32)
-    box = tusers["box_size"].to_numpy(np.int32)
-    box = np.where(box == 0, params.default_box_size, box).astype(np.int32)
+    target, uid, day, box = _target_users(users, date_from, date_to, params)
     n_u, n_s, n_g = len(uid), catalog.size, len(catalog.genres)
 
     def rows_cols(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -492,12 +502,7 @@ def build_sparse_state(
 ) -> SparseState:
     """The sparse counterpart of :func:`build_user_state` (same users, same order)."""
     users = tables["users"]
-    target = _target_mask(users, date_from, date_to)
-    tusers = users.loc[target].sort_values("user_id", kind="stable")
-    uid = tusers["user_id"].to_numpy(np.int64)
-    day = tusers["next_delivery_on"].to_numpy(np.int32)
-    box = tusers["box_size"].to_numpy(np.int32)
-    box = np.where(box == 0, params.default_box_size, box).astype(np.int32)
+    target, uid, day, box = _target_users(users, date_from, date_to, params)
     n_u, n_g = len(uid), len(catalog.genres)
 
     # partition user row -> target row (-1 if not a target); `users` is sorted by user_id
