@@ -21,6 +21,7 @@ import click
 from .params import ParamError, Params, parse_overrides
 
 EXIT_BAD_INPUT = 1
+MIN_WORKER_MEMORY = 768 * 2**20
 EXIT_INFRA = 3
 
 log = logging.getLogger("preassign")
@@ -152,6 +153,20 @@ def _cluster_spec(kind: str, workers: int | None, threads: int | None, memory: s
                   cpu: int | None, mem: int | None, adapt: str | None, image: str | None) -> Any:
     from .cluster import ClusterSpec, parse_adapt
 
+    if memory:
+        from dask.utils import parse_bytes
+
+        try:
+            limit = parse_bytes(memory)
+        except ValueError:
+            raise click.BadParameter(f"expected a size such as 4GiB, got {memory!r}",
+                                     param_hint="--memory-limit") from None
+        if limit < MIN_WORKER_MEMORY:
+            raise click.BadParameter(
+                f"{memory} is too small: a worker process needs about 250 MiB before it holds "
+                "any data, and Dask pauses it at 80% of its limit; give at least 768MiB "
+                "(about 1 GiB per 50,000 users in a partition)",
+                param_hint="--memory-limit")
     try:
         adapt_range = parse_adapt(adapt) if adapt else None
         return ClusterSpec(kind=kind, workers=workers, threads_per_worker=threads,

@@ -40,10 +40,20 @@ def _completes_or_fails_clearly(proc, out):
     return None
 
 
-def test_tiny_memory_limit_completes_or_fails_clearly(tmp_path):
+def test_a_memory_limit_too_small_to_start_a_worker_is_refused(tmp_path):
+    # below ~768 MiB a worker is paused (80% of its limit) or killed before it holds any data
+    proc = subprocess.run(
+        [*PREASSIGN, "run", "--lake", str(tmp_path), "--date", "2026-12-01", "--out",
+         str(tmp_path / "out"), "--memory-limit", "250MiB"], capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "250MiB is too small" in proc.stderr and "at least 768MiB" in proc.stderr
+
+
+def test_small_memory_limit_completes_or_fails_clearly(tmp_path):
     lake, out = tmp_path / "lake", tmp_path / "out"
     _synth(lake, 20_000, 10_000)
-    proc, _ = _run(lake, out, "250MiB", timeout=600)  # a hang would hit the timeout
+    proc, _ = _run(lake, out, "1GiB", timeout=600)  # a hang would hit the timeout
     _completes_or_fails_clearly(proc, out)
 
 
