@@ -142,19 +142,26 @@ def _take(top, n_top, merged, genre_count, genre_of_col, cap, count, target, mas
     for k in range(m):
         if count >= target:
             break
-        c = mask - (merged[k] & mask)
-        g = genre_of_col[c]
-        if genre_count[g] >= cap:
-            continue
-        genre_count[g] += 1
-        flags[c] |= _CHOSEN
-        count += 1
-        out_user[n_out] = u
-        out_col[n_out] = c
-        out_slot[n_out] = count
-        out_stage[n_out] = stage
-        n_out += 1
+        count, n_out = _choose(mask - (merged[k] & mask), u, stage, count, n_out, genre_of_col,
+                               genre_count, cap, flags, out_user, out_col, out_slot, out_stage)
     return count, n_out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _choose(c, u, stage, count, n_out, genre_of_col, genre_count, cap, flags, out_user, out_col,
+            out_slot, out_stage):  # pragma: no cover - compiled
+    """One greedy step: put snack column c in the box unless its genre is full."""
+    g = genre_of_col[c]
+    if genre_count[g] >= cap:
+        return count, n_out
+    genre_count[g] += 1
+    flags[c] |= _CHOSEN
+    count += 1
+    out_user[n_out] = u
+    out_col[n_out] = c
+    out_slot[n_out] = count
+    out_stage[n_out] = stage
+    return count, n_out + 1
 
 
 @njit(cache=True, nogil=True)
@@ -268,18 +275,9 @@ def assign_partition(
             for j in range(m):
                 if count >= target:
                     break
-                c = req_keys[j]
-                g = genre_of_col[c]
-                if genre_count[g] >= cap:
-                    continue
-                genre_count[g] += 1
-                flags[c] |= _CHOSEN
-                count += 1
-                out_user[n_out] = u
-                out_col[n_out] = c
-                out_slot[n_out] = count
-                out_stage[n_out] = 0
-                n_out += 1
+                count, n_out = _choose(req_keys[j], u, 0, count, n_out, genre_of_col,
+                                       genre_count, cap, flags, out_user, out_col, out_slot,
+                                       out_stage)
         # 2. preference. Rated snacks are offered one by one; unrated ones are walked per genre
         # in prior order: their score is a monotone function of the prior within a genre, so
         # the walk stops at the first candidate whose rounded score is below the genre's
