@@ -314,6 +314,24 @@ def _rows_of(ids: np.ndarray, target_ids: np.ndarray) -> tuple[np.ndarray, np.nd
     return lookup(target_ids, ids)
 
 
+def _name_positions(names: tuple[str, ...], values: np.ndarray, hit: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of string ``values`` in the sorted ``names`` -> ``(position, known & hit)``."""
+    table = np.array(names, dtype=object)
+    k = np.minimum(np.searchsorted(table, values), len(table) - 1)
+    return k, hit & (table[k] == values)
+
+
+def _favorite_matrix(prefs: pd.DataFrame, row: np.ndarray, hit: np.ndarray,
+                     catalog: SnackCatalog, n_users: int) -> np.ndarray:
+    """``users x genres``: the genre is one of the user's favourites (unknown genres ignored)."""
+    favorite = np.zeros((n_users, len(catalog.genres)), bool)
+    if catalog.genres and hit.any():
+        k, known = _name_positions(catalog.genres, prefs["genre"].to_numpy(object), hit)
+        favorite[row[known], k[known]] = True
+    return favorite
+
+
 def build_user_state(
     tables: dict[str, pd.DataFrame],
     catalog: SnackCatalog,
@@ -382,23 +400,14 @@ def build_user_state(
     row, hit = _rows_of(avoid["user_id"].to_numpy(np.int64), uid)
     conflict = np.zeros((n_u, n_s), bool)
     if catalog.ingredients and hit.any():
-        names = np.array(catalog.ingredients, dtype=object)
-        ing = avoid["ingredient"].to_numpy(object)
-        k = np.minimum(np.searchsorted(names, ing), len(names) - 1)
-        known = hit & (names[k] == ing)
-        avoids = np.zeros((n_u, len(names)), np.float32)
+        k, known = _name_positions(catalog.ingredients, avoid["ingredient"].to_numpy(object), hit)
+        avoids = np.zeros((n_u, len(catalog.ingredients)), np.float32)
         avoids[row[known], k[known]] = 1.0
         conflict = (avoids @ catalog.has_ingredient.T.astype(np.float32)) > 0
 
     prefs = tables["genre_prefs"]
     row, hit = _rows_of(prefs["user_id"].to_numpy(np.int64), uid)
-    favorite = np.zeros((n_u, n_g), bool)
-    if n_g and hit.any():
-        names = np.array(catalog.genres, dtype=object)
-        genre = prefs["genre"].to_numpy(object)
-        k = np.minimum(np.searchsorted(names, genre), n_g - 1)
-        known = hit & (names[k] == genre)
-        favorite[row[known], k[known]] = True
+    favorite = _favorite_matrix(prefs, row, hit, catalog, n_u)
 
     # requests whose UTC date is in [d - request_window_days, d - 1]; earliest per pair
     row, col, hit = rows_cols("requests")
@@ -503,7 +512,7 @@ def build_sparse_state(
     """The sparse counterpart of :func:`build_user_state` (same users, same order)."""
     users = tables["users"]
     target, uid, day, box = _target_users(users, date_from, date_to, params)
-    n_u, n_g = len(uid), len(catalog.genres)
+    n_u = len(uid)
 
     # partition user row -> target row (-1 if not a target); `users` is sorted by user_id
     target_of = np.full(len(users) + 1, -1, np.int64)
@@ -538,21 +547,12 @@ def build_sparse_state(
     n_words = max(1, -(-len(catalog.ingredients) // 64))
     avoid_words = np.zeros((n_u, n_words), np.uint64)
     if catalog.ingredients and hit.any():
-        names = np.array(catalog.ingredients, dtype=object)
-        ing = avoid["ingredient"].to_numpy(object)
-        k = np.minimum(np.searchsorted(names, ing), len(names) - 1)
-        known = hit & (names[k] == ing)
+        k, known = _name_positions(catalog.ingredients, avoid["ingredient"].to_numpy(object), hit)
         bit = np.left_shift(np.uint64(1), (k[known] % 64).astype(np.uint64))
         np.bitwise_or.at(avoid_words, (row[known], k[known] // 64), bit)
     prefs = tables["genre_prefs"]
     row, hit = rows(prefs)
-    favorite = np.zeros((n_u, n_g), bool)
-    if n_g and hit.any():
-        names = np.array(catalog.genres, dtype=object)
-        genre = prefs["genre"].to_numpy(object)
-        k = np.minimum(np.searchsorted(names, genre), n_g - 1)
-        known = hit & (names[k] == genre)
-        favorite[row[known], k[known]] = True
+    favorite = _favorite_matrix(prefs, row, hit, catalog, n_u)
     return SparseState(
         user_id=uid, delivery_on=day, box_size=box,
         r_ptr=r_ptr, r_col=r_col.astype(np.int64), r_val=r_val.astype(np.int8),
