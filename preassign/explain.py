@@ -44,14 +44,13 @@ from .assign import STAGES, assign_snacks, explore_key_matrix, jitter, score_mat
 from .contract import (
     NO_DATE,
     STATUSES,
-    TABLES,
     USER_KEYED,
     LakeError,
     dedupe_keyed,
     empty_table,
     normalize_table,
 )
-from .lake import Lake, open_lake, read_small_table
+from .lake import Lake, open_lake, read_small_table, table_schema
 from .params import Params
 from .state import (
     SnackCatalog,
@@ -135,28 +134,11 @@ def first_assigned_user(out_dir: str, storage_options: Mapping[str, Any] | None 
     return int(pc.min(table["user_id"]).as_py())
 
 
-def _dataset_schema(lake: Lake, name: str, files: list[str]) -> pa.Schema:
-    """The table's required columns as in the first file, integers widened to int64."""
-    with lake.fs.open(files[0], "rb") as f:
-        schema = pq.read_schema(f)
-    missing = [c for c in TABLES[name].columns if c not in schema.names]
-    if missing:
-        raise LakeError(
-            f"table {name!r} is missing required column(s) {', '.join(missing)} in "
-            f"{lake.full_path(files[0])!r} (columns present: {', '.join(schema.names)})"
-        )
-    fields = []
-    for col in TABLES[name].columns:
-        field = schema.field(col)
-        fields.append(field.with_type(pa.int64()) if pa.types.is_integer(field.type) else field)
-    return pa.schema(fields)
-
-
 def _scan(lake: Lake, name: str, files: list[str], user_id: int | None = None) -> pd.DataFrame:
     """Raw rows of one table from ``files`` (all of them, or one user's)."""
     if not files:
         return empty_table(name)
-    dataset = ds.dataset(files, schema=_dataset_schema(lake, name, files), filesystem=lake.fs,
+    dataset = ds.dataset(files, schema=table_schema(lake, name, files), filesystem=lake.fs,
                          format="parquet")
     where = None if user_id is None else pc.field("user_id") == pa.scalar(user_id, pa.int64())
     try:

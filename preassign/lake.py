@@ -59,6 +59,7 @@ __all__ = [
     "open_lake",
     "read_small_table",
     "read_user_tables",
+    "table_schema",
     "write_user_partition",
     "write_small_table",
     "write_manifest",
@@ -268,8 +269,13 @@ def read_small_table(lake: Lake, name: str) -> list[pd.DataFrame]:
     return [_read_file(lake, f, cols) for f in lake.files(name)]
 
 
-def _arrow_schema(lake: Lake, name: str, files: list[str]) -> pa.Schema | None:
-    """The schema Dask is told about: the first file's, ids widened to int64."""
+def table_schema(lake: Lake, name: str, files: list[str]) -> pa.Schema | None:
+    """A table's required columns as typed in its first file, integers widened to int64
+    (``None`` for a table without files).
+
+    Raises:
+        LakeError: the first file is not Parquet or lacks a required column.
+    """
     if not files:
         return None
     try:
@@ -296,7 +302,7 @@ def _read_table(lake: Lake, name: str, files: list[str]) -> dd.DataFrame:
     from .contract import empty_table
 
     cols = list(TABLES[name].columns)
-    schema = _arrow_schema(lake, name, files)
+    schema = table_schema(lake, name, files)
     if schema is None:
         return dd.from_pandas(empty_table(name), npartitions=1)
     return dd.read_parquet(
