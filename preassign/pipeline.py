@@ -223,10 +223,7 @@ def _scan_partition(
     input_rows = {name: n for name, n in input_rows.items() if name in names}
     orphans = {name: n for name, n in orphans.items() if name in names}
     sums, counts, targeted = summarize_partition(tables, catalog, date_from, date_to, engine)
-    invalid: dict[str, int] = {}
-    for p in problems:
-        invalid[p.table] = invalid.get(p.table, 0) + p.count
-    return PartitionStats(input_rows, orphans, invalid, sums, counts, targeted, problems,
+    return PartitionStats(input_rows, orphans, sums, counts, targeted, problems,
                           targeted_by_day(tables["users"], date_from, date_to),
                           {name: [frame] for name, frame in rejected.items()})
 

@@ -110,7 +110,6 @@ class PartitionStats:
 
     input_rows: dict[str, int]
     orphan_rows: dict[str, int]
-    invalid_rows: dict[str, int]
     rating_sum: np.ndarray  # per snack column, sum of latest ratings (int64)
     rating_count: np.ndarray  # per snack column, number of latest ratings (int64)
     users_targeted: int
@@ -125,7 +124,6 @@ class PartitionStats:
         return PartitionStats(
             input_rows=add(self.input_rows, other.input_rows),
             orphan_rows=add(self.orphan_rows, other.orphan_rows),
-            invalid_rows=add(self.invalid_rows, other.invalid_rows),
             rating_sum=self.rating_sum + other.rating_sum,
             rating_count=self.rating_count + other.rating_count,
             users_targeted=self.users_targeted + other.users_targeted,
