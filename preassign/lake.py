@@ -186,18 +186,22 @@ class Lake:
         """Whether the table's directory exists (an empty directory is an empty table)."""
         return self.fs.isdir(self.table_dir(name))
 
-    def files(self, name: str) -> list[str]:
-        """The table's data files, recursively, skipping ``_``/``.`` names, sorted."""
+    def _entries(self, name: str) -> dict[str, dict[str, Any]]:
+        """The table's data files with their listing details (one recursive listing),
+        skipping ``_``/``.`` names."""
         base = self.table_dir(name)
         if not self.fs.isdir(base):
-            return []
-        out = []
-        for path in self.fs.find(base):
+            return {}
+        out = {}
+        for path, info in self.fs.find(base, detail=True).items():
             rel = path[len(base.rstrip("/")) + 1 :]
-            if any(part.startswith(("_", ".")) for part in rel.split("/")):
-                continue
-            out.append(path)
-        return sorted(out)
+            if not any(part.startswith(("_", ".")) for part in rel.split("/")):
+                out[path] = info
+        return out
+
+    def files(self, name: str) -> list[str]:
+        """The table's data files, recursively, skipping ``_``/``.`` names, sorted."""
+        return sorted(self._entries(name))
 
     def fingerprint(self) -> dict[str, str]:
         """Per table, a hash of its files' names, sizes and versions (ETag or mtime).
@@ -208,8 +212,9 @@ class Lake:
         for name in TABLES:
             digest = hashlib.sha256()
             base = self.table_dir(name)
-            for path in self.files(name):
-                info = self.fs.info(path)
+            entries = self._entries(name)  # sizes and versions come with the listing
+            for path in sorted(entries):
+                info = entries[path]
                 version = info.get("ETag") or info.get("etag") or info.get("mtime") or \
                     info.get("LastModified") or ""
                 digest.update(f"{path[len(base):]}|{info.get('size')}|{version}\n".encode())
@@ -340,9 +345,10 @@ def read_user_tables(
             raise LakeError(f"lake {lake.url!r}: partition counts differ: {counts}")
         return frames, "co-partitioned"
     raw = {name: _read_table(lake, name, lake.files(name)) for name in USER_KEYED}
-    n_users = sum(
-        pq.ParquetFile(lake.fs.open(f, "rb")).metadata.num_rows for f in lake.files("users")
-    )
+    n_users = 0
+    for path in lake.files("users"):
+        with lake.fs.open(path, "rb") as f:
+            n_users += pq.read_metadata(f).num_rows
     npartitions = max(1, math.ceil(n_users / users_per_partition))
     frames = {}
     for name, frame in raw.items():
