@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from .errors import PreassignError
 from .params import ParamError, Params, parse_overrides
 
 EXIT_BAD_INPUT = 1
@@ -38,6 +39,14 @@ class InfraFailure(click.ClickException):
     """The cluster, storage or database failed (exit 3)."""
 
     exit_code = EXIT_INFRA
+
+
+def _fail(exc: PreassignError, event: str) -> click.ClickException:
+    """A known failure as the click exception that prints ``Error: ...`` with its exit code."""
+    log.error("event=%s kind=%s error=%s", event, exc.kind, exc)
+    failure = click.ClickException(str(exc))
+    failure.exit_code = exc.exit_code
+    return failure
 
 
 def _setup_logging(level: str, logfile: str | None) -> None:
@@ -193,7 +202,12 @@ def _source_errors(work: Any) -> Any:
 
     try:
         return work()
-    except LakeError as exc:
+    except PreassignError as exc:
+        if not isinstance(exc, LakeError):
+            raise _fail(exc, "source_failed") from None
+        log.error("event=source_failed kind=bad_input error=%s", exc)
+        raise BadInput(str(exc)) from None
+    except LakeError as exc:  # pragma: no cover - a PreassignError, kept for clarity
         log.error("event=source_failed kind=bad_input error=%s", exc)
         raise BadInput(str(exc)) from None
     except SourceConnectionError as exc:
@@ -209,6 +223,9 @@ def _source_errors(work: Any) -> Any:
 @click.option("--db", help="Instead of a lake, fill this database (SQLAlchemy URL; the password "
                            "may come from $PREASSIGN_SOURCE_URL) with the same data.")
 @click.option("--replace", is_flag=True, help="With --db: replace tables that already hold rows.")
+@click.option("--overwrite", is_flag=True,
+              help="With --out: replace a synthetic lake written there before (nothing else is "
+                   "ever replaced).")
 @click.option("--users", required=True, type=click.IntRange(min=0), help="Number of users.")
 @click.option("--snacks", default=300, show_default=True, type=click.IntRange(min=1),
               help="Number of snacks in the lineup.")
@@ -222,7 +239,7 @@ def _source_errors(work: Any) -> Any:
               help="fsspec/s3fs option, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable).")
 @_apply(_cluster_options[:4])
 @_apply(_common_logging)
-def synth(out: str | None, db: str | None, replace: bool, users: int, snacks: int, seed: int,
+def synth(out: str | None, db: str | None, replace: bool, overwrite: bool, users: int, snacks: int, seed: int,
           as_of: dt.date | None, users_per_partition: int, storage_option: tuple[str, ...],
           cluster_kind: str, workers: int | None, threads_per_worker: int | None,
           memory_limit: str | None, loglevel: str, logfile: str | None, silent: bool) -> None:
@@ -257,8 +274,15 @@ def synth(out: str | None, db: str | None, replace: bool, users: int, snacks: in
     opts = _storage_options(storage_option)
     log.info("event=synth_start users=%d snacks=%d partitions=%d out=%s", users, snacks,
              cfg.partitions, out)
-    rows = _with_cluster(spec, lambda client: write_lake(
-        cfg, out, client=client, storage_options=opts, progress=_interactive(silent)))
+    from .storage import SynthLake
+
+    try:  # fail fast, before a cluster is started
+        SynthLake(out, opts, overwrite=overwrite).check_target()
+        rows = _with_cluster(spec, lambda client: write_lake(
+            cfg, out, client=client, storage_options=opts, progress=_interactive(silent),
+            overwrite=overwrite))
+    except PreassignError as exc:
+        raise _fail(exc, "synth_failed") from None
     log.info("event=synth_done %s", " ".join(f"{k}={v}" for k, v in rows.items()))
     click.echo(f"wrote lake {out}: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
 
@@ -320,10 +344,11 @@ def extract(source: str | None, source_file: str | None, lake: str, users_per_pa
 
 def _extract(source: str | None, source_file: str | None, lake: str, users_per_partition: int,
              incremental: bool, opts: dict[str, Any], spec: Any, silent: bool) -> dict[str, Any]:
-    from .extract import extract_lake
+    from .extract import check_lake_target, extract_lake
     from .source import mask_url, resolve_source_url
 
     url = _source_errors(lambda: resolve_source_url(source, source_file=source_file))
+    _source_errors(lambda: check_lake_target(lake, opts))
     log.info("event=extract_start source=%s lake=%s incremental=%s", mask_url(url), lake,
              incremental)
     summary = _with_cluster(spec, lambda client: _source_errors(lambda: extract_lake(
@@ -383,8 +408,6 @@ def run(lake: str | None, source: str | None, source_file: str | None, do_extrac
       preassign run --lake data/lake --date 2026-12-01 --until 2026-12-14 \\
           --out data/run --set max_requests=1 --workers 2
     """
-    from .contract import LakeError
-    from .lake import OutputExistsError
     from .pipeline import RunConfig, run_preassignment
 
     _setup_logging(loglevel, logfile)
@@ -409,13 +432,13 @@ def run(lake: str | None, source: str | None, source_file: str | None, do_extrac
 
     log.info("event=run_start lake=%s date_from=%s date_to=%s out=%s", lake, config.date_from,
              config.date_to, out)
-    if source or source_file or do_extract:
-        try:
-            from .lake import Output
+    from .pipeline import check_output
 
-            Output(out, opts, overwrite=overwrite).check_writable()
-        except OutputExistsError as exc:
-            raise BadInput(str(exc)) from None
+    try:  # fail fast, before a cluster is started or the database read
+        check_output(out, lake, opts, overwrite=overwrite)
+    except PreassignError as exc:
+        raise _fail(exc, "run_failed") from None
+    if source or source_file or do_extract:
         if incremental is None:
             import fsspec
 
@@ -423,19 +446,16 @@ def run(lake: str | None, source: str | None, source_file: str | None, do_extrac
             incremental = fs.isfile(path.rstrip("/") + "/_CURRENT")
         _extract(source, source_file, lake, users_per_partition, incremental, opts, spec, silent)
     try:  # fail fast, before a cluster is started
-        from .lake import Output, open_lake
+        from .lake import open_lake
 
-        Output(out, opts, overwrite=overwrite).check_writable()
         open_lake(lake, opts)
-    except (LakeError, OutputExistsError) as exc:
-        log.error("event=run_failed kind=bad_input error=%s", exc)
-        raise BadInput(str(exc)) from None
+    except PreassignError as exc:
+        raise _fail(exc, "run_failed") from None
     try:
         result = _with_cluster(spec, lambda client: run_preassignment(
             config, client, progress=_interactive(silent), on_stage=stage))
-    except (LakeError, OutputExistsError) as exc:
-        log.error("event=run_failed kind=bad_input error=%s", exc)
-        raise BadInput(str(exc)) from None
+    except PreassignError as exc:
+        raise _fail(exc, "run_failed") from None
     except Exception as exc:
         if not _is_infrastructure(exc):
             raise

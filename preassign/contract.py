@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from .errors import InputError
+
 __all__ = [
     "LakeError",
     "InvalidValues",
@@ -42,7 +44,7 @@ NO_DATE = np.iinfo(np.int32).min
 STATUSES = ("active", "paused", "cancelled")
 
 
-class LakeError(ValueError):
+class LakeError(InputError):
     """The lake breaks the table contract; the message says what to fix."""
 
 

@@ -53,9 +53,10 @@ import logging
 import math
 import os
 import posixpath
+import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import fsspec
@@ -66,6 +67,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from .contract import TABLES, USER_KEYED, LakeError
+from .errors import UsageError
 from .lake import (
     ARROW_SCHEMAS,
     MANIFEST,
@@ -75,6 +77,7 @@ from .lake import (
     write_small_table,
     write_user_partition,
 )
+from .storage import Location, enclosing_lake, open_location, refuse_overlap
 from .source import (
     APPEND_ONLY,
     WATERMARK_COLUMN,
@@ -88,7 +91,14 @@ from .source import (
     translate_error,
 )
 
-__all__ = ["ID_MAX", "ID_MIN", "VERSION_PREFIX", "extract_lake", "partition_bounds"]
+__all__ = [
+    "ID_MAX",
+    "ID_MIN",
+    "VERSION_PREFIX",
+    "check_lake_target",
+    "extract_lake",
+    "partition_bounds",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +107,9 @@ ID_MIN = -(2**63)
 ID_MAX = 2**63 - 1
 #: Name prefix of a lake version directory.
 VERSION_PREFIX = "v-"
+#: A version directory's name: ``v-<UTC time to the microsecond>-<8 hex digits>``; only
+#: such directories are ever deleted by pruning.
+_VERSION_NAME = re.compile(r"^v-\d{8}T\d{12}Z-[0-9a-f]{8}$")
 #: Rows fetched from the driver per chunk (converted to Arrow chunk by chunk).
 FETCH_ROWS = 50_000
 
@@ -372,35 +385,67 @@ class _Store:
 
     def __init__(self, url: str, storage_options: Mapping[str, Any]):
         self.url = url
-        self.storage_options = dict(storage_options)
-        try:
-            self.fs, root = fsspec.core.url_to_fs(url, **self.storage_options)
-        except (ImportError, ValueError) as exc:
-            raise LakeError(f"cannot open lake {url!r}: {exc}") from exc
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        self.local = "file" in protocols or "local" in protocols
-        self.root = os.path.abspath(root) if self.local else root.rstrip("/")
+        self.location = open_location(url, storage_options, flag="--lake")
+        self.storage_options = dict(self.location.storage_options)
+        self.fs = self.location.fs
+        self.local = self.location.local
+        self.root = self.location.path
+
+    def check_target(self, protect: Sequence[tuple[str, Location]] = ()) -> None:
+        """Refuse a lake location whose contents preassign did not write.
+
+        The location must be missing, empty, or hold a versioned lake of ours (the
+        ``_CURRENT`` pointer, or only version directories left by earlier extractions).
+
+        Raises:
+            UsageError: naming the location and what is in the way.
+        """
+        loc = self.location
+        if loc.path == "/" or (not loc.local and "/" not in loc.path):
+            raise UsageError(f"--lake {self.url!r} is the root of its filesystem or bucket; "
+                             "give a directory (prefix) below it")
+        for label, protected in protect:
+            refuse_overlap(loc, "--lake", protected, label)
+        lake = enclosing_lake(loc)
+        if lake is not None:
+            raise UsageError(f"--lake {self.url!r} lies inside the lake {lake!r}; a lake "
+                             "inside another would be read as its data. Choose a location "
+                             "outside every lake")
+        status = loc.status()
+        if status == "file":
+            raise UsageError(f"--lake {self.url!r} is an existing file, not a directory; "
+                             "preassign never replaces it. Choose another location")
+        if status == "missing":
+            return
+        names = loc.names()
+        if POINTER in names:
+            return
+        foreign = [n for n in names if not (_VERSION_NAME.match(n)
+                                            or n.startswith(f".{POINTER}.tmp-"))]
+        if not foreign:
+            return
+        clash = sorted(set(names) & ({MANIFEST} | set(TABLES)))
+        if clash:
+            raise UsageError(
+                f"--lake {self.url!r} holds a lake that is not versioned (found "
+                f"{', '.join(clash)} at its root, e.g. written by `preassign synth`); "
+                "extract into a new location, or delete what is there first"
+            )
+        raise UsageError(
+            f"--lake {self.url!r} is a directory holding files preassign did not write (e.g. "
+            f"{foreign[0]!r}); extract into a new or empty location, or into a lake an "
+            "earlier extraction wrote"
+        )
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
     def url_of(self, *parts: str) -> str:
-        path = self.path(*parts)
-        return path if self.local else self.fs.unstrip_protocol(path)
+        return self.location.url_of(self.path(*parts))
 
     def current(self) -> str | None:
         pointer = self.path(POINTER)
         if not self.fs.isfile(pointer):
-            if self.fs.isdir(self.root):
-                entries = {posixpath.basename(p.rstrip("/"))
-                           for p in self.fs.ls(self.root, detail=False)}
-                clash = sorted(entries & ({MANIFEST} | set(TABLES)))
-                if clash:
-                    raise LakeError(
-                        f"lake {self.url!r} holds a lake that is not versioned (found "
-                        f"{', '.join(clash)} at its root, e.g. written by `preassign synth`); "
-                        "extract into a new location, or delete what is there first"
-                    )
             return None
         return self.fs.cat_file(pointer).decode().strip() or None
 
@@ -408,7 +453,7 @@ class _Store:
         if not self.fs.isdir(self.root):
             return []
         names = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)]
-        return sorted(n for n in names if n.startswith(VERSION_PREFIX))
+        return sorted(n for n in names if _VERSION_NAME.match(n))
 
     def new_version(self) -> str:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -492,6 +537,16 @@ def _compute(client: Any, tasks: list, progress: bool) -> list:
     return client.gather(futures)
 
 
+def check_lake_target(lake_url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Refuse a ``--lake`` an extraction must not write to (see ``_Store.check_target``).
+
+    Raises:
+        UsageError: the location is a file, lies inside another lake, or holds something
+            an extraction did not write.
+    """
+    _Store(lake_url, dict(storage_options or {})).check_target()
+
+
 def extract_lake(
     source_url: str | URL,
     lake_url: str,
@@ -529,8 +584,9 @@ def extract_lake(
         SourceConnectionError: the database is unreachable or the credentials are wrong.
         SourceSchemaError: a required table or column is missing (the message names it).
         SourceError: a value cannot be stored in the lake's types, or another driver error.
-        LakeError: the lake location holds an unversioned lake, or ``incremental``
-            has no usable previous extraction.
+        UsageError: the lake location is a file, lies inside another lake, or holds
+            something an extraction did not write (an unversioned lake, other files).
+        LakeError: ``incremental`` has no usable previous extraction.
     """
     started = time.perf_counter()
     if users_per_partition < 1:
@@ -539,6 +595,7 @@ def extract_lake(
     _check_sqlite_file(url)
     storage_options = dict(storage_options or {})
     store = _Store(lake_url, storage_options)
+    store.check_target()
     previous = store.current()
     previous_manifest = _previous_manifest(store, previous) if incremental else None
 

@@ -28,7 +28,6 @@ root that readers should use (how ``extract`` publishes a new lake atomically).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -36,10 +35,7 @@ import hashlib
 import math
 import os
 import posixpath
-import socket
-import time
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import dask.dataframe as dd
@@ -50,6 +46,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .contract import TABLES, USER_KEYED, LakeError
+from .storage import (
+    Location,
+    OutputError,
+    OutputExistsError,
+    OutputLockedError,
+    open_location,
+)
+from .storage import RunOutput as Output
 
 __all__ = [
     "Lake",
@@ -65,6 +69,8 @@ __all__ = [
     "write_manifest",
     "ARROW_SCHEMAS",
     "Output",
+    "OutputLockedError",
+    "protected_locations",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,19 +121,6 @@ ARROW_SCHEMAS: dict[str, pa.Schema] = {
     ),
     "stock": pa.schema([("snack_id", pa.int32()), ("quantity", pa.int32())]),
 }
-
-
-class OutputExistsError(FileExistsError):
-    """The output location already holds a complete run."""
-
-
-class OutputLockedError(OutputExistsError):
-    """Another run is writing to the same output location."""
-
-
-class OutputError(OSError):
-    """The output location could not be written (storage failure, permissions); the
-    storage's own error is chained as the cause."""
 
 
 def _join(*parts: str) -> str:
@@ -255,6 +248,25 @@ def open_lake(url: str, storage_options: Mapping[str, Any] | None = None) -> Lak
             f"(expected a directory <lake>/<table>/ for each of {', '.join(TABLES)})"
         )
     return lake
+
+
+def protected_locations(url: str, storage_options: Mapping[str, Any] | None = None
+                        ) -> list[tuple[str, Location]]:
+    """The lake at ``url`` and its table directories, as locations a writer must not touch.
+
+    Table directories are listed too because locally they may be symbolic links to
+    elsewhere; a lake that does not exist yet is protected by its path alone.
+    """
+    root = open_location(url, storage_options, flag="--lake")
+    out = [("the lake", root)]
+    if root.local and os.path.isdir(root.path):
+        for name in TABLES:
+            table = os.path.join(url, name)
+            if os.path.isdir(table):
+                loc = open_location(table, storage_options)
+                if not root.contains(loc):
+                    out.append((f"table {name!r} of the lake", loc))
+    return out
 
 
 def _read_file(lake: Lake, path: str, columns: list[str]) -> pd.DataFrame:
@@ -419,204 +431,3 @@ def write_manifest(
     }
     with fs.open(_join(root, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2)
-
-
-# --------------------------------------------------------------------------------------------
-# run outputs
-
-
-class Output:
-    """A run's output location, written to a staging place and published at the end.
-
-    Local filesystems publish with one directory rename (atomic). Object stores have no
-    rename: files are copied into place and ``summary.json`` is written last, so a
-    reader that sees ``summary.json`` sees a complete output.
-    """
-
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None,
-                 *, overwrite: bool = False):
-        self.url = url
-        self.storage_options = dict(storage_options or {})
-        self.fs, path = fsspec.core.url_to_fs(url, **self.storage_options)
-        self.path = path.rstrip("/")
-        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.local = self.protocol in ("file", "local")
-        self.overwrite = overwrite
-        self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + \
-            uuid.uuid4().hex[:8]
-        parent, name = posixpath.split(self.path)
-        self.staging = _join(parent, f".{name}.staging-{self.run_id}")
-
-    #: an object-store lock older than this is taken to be left by a dead run
-    stale_lock_seconds = 6 * 3600
-
-    @property
-    def lock_path(self) -> str:
-        parent, name = posixpath.split(self.path)
-        return _join(parent, f".{name}.lock")
-
-    def acquire(self) -> None:
-        """Take the output's lock, so that two runs cannot both publish to it.
-
-        Locally an ``flock`` (released by the OS if the process dies); on object stores
-        a lock object created only if absent (``If-None-Match: *``), stale after
-        :attr:`stale_lock_seconds`.
-
-        Raises:
-            OutputLockedError: another run holds the lock.
-        """
-        with self._failing(f"taking the lock {self.lock_path} of output"):
-            self._acquire()
-
-    def _acquire(self) -> None:
-        holder = f"{self.run_id} pid={os.getpid()} host={socket.gethostname()}"
-        if self.local:
-            import fcntl
-
-            os.makedirs(posixpath.dirname(self.lock_path) or ".", exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise OutputLockedError(
-                    f"another run is writing to {self.url!r} (lock {self.lock_path}); "
-                    "wait for it to finish"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.write(fd, holder.encode())
-            self._lock_fd = fd
-            return
-        for attempt in range(2):
-            try:
-                with self.fs.open(self.lock_path, "xb") as f:
-                    f.write(f"{holder} at={time.time():.0f}".encode())
-                self._lock_fd = -1
-                return
-            except FileExistsError:
-                text = self.fs.cat_file(self.lock_path).decode(errors="replace")
-                if text.startswith(f"{holder} at="):
-                    # our own PUT took effect but its answer was lost; the retry got 412
-                    self._lock_fd = -1
-                    return
-                at = float(text.rsplit("at=", 1)[-1]) if "at=" in text else 0.0
-                if attempt == 0 and time.time() - at > self.stale_lock_seconds:
-                    log.warning("removing stale lock %s (%s)", self.lock_path, text)
-                    self.fs.rm(self.lock_path)
-                    continue
-                raise OutputLockedError(
-                    f"another run is writing to {self.url!r} (lock {self.lock_path}: {text}); "
-                    "wait for it, or delete the lock if that run is dead"
-                ) from None
-
-    def release(self) -> None:
-        """Release the lock taken by :meth:`acquire` (idempotent)."""
-        fd = getattr(self, "_lock_fd", None)
-        if fd is None:
-            return
-        self._lock_fd = None
-        if fd >= 0:
-            os.close(fd)
-        else:
-            try:
-                self.fs.rm(self.lock_path)
-            except FileNotFoundError:  # pragma: no cover
-                pass
-            except OSError as exc:  # never hide the run's own error, or fail a published run
-                log.warning("could not remove the lock %s of output %s (%s); delete it, or the "
-                            "next run to %s will be refused", self.lock_path, self.url, exc,
-                            self.url)
-
-    @contextlib.contextmanager
-    def _failing(self, doing: str) -> Iterator[None]:
-        """Name the output (and what was being done) in storage errors."""
-        try:
-            yield
-        except (OutputExistsError, OutputError):
-            raise
-        except OSError as exc:
-            raise OutputError(f"{doing} {self.url!r} failed: {exc}") from exc
-
-    def check_writable(self) -> None:
-        """Refuse early if a complete output is there and ``overwrite`` is off."""
-        if self.is_complete() and not self.overwrite:
-            raise OutputExistsError(
-                f"output {self.url!r} already holds a complete run (summary.json); "
-                "pass --overwrite to replace it, or choose another --out"
-            )
-
-    def is_complete(self) -> bool:
-        """Whether the output location holds a published run."""
-        return self.fs.isfile(_join(self.path, "summary.json"))
-
-    def staging_url(self, *parts: str) -> str:
-        """URL of a path inside the staging area."""
-        path = _join(self.staging, *parts) if parts else self.staging
-        return path if self.local else f"{self.protocol}://{path}"
-
-    def write_json(self, relpath: str, payload: Any) -> None:
-        """Write a JSON document into the staging area."""
-        path = _join(self.staging, relpath)
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with self.fs.open(path, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
-            f.write("\n")
-
-    def write_bytes(self, relpath: str, data: bytes) -> None:
-        """Write a file into the staging area."""
-        path = _join(self.staging, relpath)
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with self.fs.open(path, "wb") as f:
-            f.write(data)
-
-    def write_frame(self, relpath: str, frame: pd.DataFrame, schema: pa.Schema | None = None) -> None:
-        """Write a small pandas frame as one Parquet file into the staging area."""
-        path = _join(self.staging, relpath)
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-        with self.fs.open(path, "wb") as f:
-            pq.write_table(table, f)
-
-    def publish(self) -> None:
-        """Make the staged run the output; ``summary.json`` must already be staged."""
-        with self._failing("publishing the run to output"):
-            self.check_writable()
-            if self.local:
-                self._publish_local()
-            else:
-                self._publish_object_store()
-
-    def _publish_local(self) -> None:
-        old = None
-        if os.path.exists(self.path):
-            old = _join(posixpath.dirname(self.path), f".{posixpath.basename(self.path)}.old-{self.run_id}")
-            os.rename(self.path, old)
-        try:
-            os.rename(self.staging, self.path)
-        except OSError:
-            if old is not None and not os.path.exists(self.path):
-                os.rename(old, self.path)
-            raise
-        if old is not None:
-            self.fs.rm(old, recursive=True)
-
-    def _publish_object_store(self) -> None:
-        summary = _join(self.path, "summary.json")
-        if self.fs.exists(self.path):
-            if self.fs.isfile(summary):
-                self.fs.rm(summary)  # from here on the old output no longer looks complete
-            for entry in self.fs.ls(self.path, detail=False):
-                self.fs.rm(entry, recursive=True)
-        files = [f for f in self.fs.find(self.staging) if not f.endswith("/summary.json")]
-        for src in files:
-            self.fs.copy(src, _join(self.path, src[len(self.staging) + 1 :]))
-        self.fs.copy(_join(self.staging, "summary.json"), summary)
-        self.discard()
-
-    def discard(self) -> None:
-        """Remove the staging area (after a failure, or after publishing)."""
-        try:
-            if self.fs.exists(self.staging):
-                self.fs.rm(self.staging, recursive=True)
-        except OSError:  # pragma: no cover - best effort
-            log.warning("could not remove staging area %s", self.staging)

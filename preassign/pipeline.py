@@ -38,7 +38,14 @@ from . import __version__
 from .assign import STAGES, assign_snacks, assign_snacks_sparse, snack_prior
 from .contract import TABLES, USER_KEYED, LakeError, dedupe_keyed, normalize_table
 from .demand import DEMAND_COLUMNS, combine_demand, compute_shortage, count_demand
-from .lake import Lake, Output, open_lake, read_small_table, read_user_tables
+from .lake import (
+    Lake,
+    Output,
+    open_lake,
+    protected_locations,
+    read_small_table,
+    read_user_tables,
+)
 from .params import Params
 from .report import render_report
 from .state import (
@@ -52,7 +59,8 @@ from .state import (
     targeted_by_day,
 )
 
-__all__ = ["RunConfig", "RunResult", "run_preassignment", "load_catalog", "ASSIGNMENT_SCHEMA"]
+__all__ = ["RunConfig", "RunResult", "run_preassignment", "check_output", "load_catalog",
+           "ASSIGNMENT_SCHEMA"]
 
 log = logging.getLogger(__name__)
 _EPOCH = dt.date(1970, 1, 1)
@@ -396,6 +404,23 @@ def _compute(client: Any, collections: list, progress: bool) -> list:
         watchdog.stop.set()
 
 
+def check_output(out: str, lake: str, storage_options: Mapping[str, Any] | None = None, *,
+                 overwrite: bool = False) -> Output:
+    """Open a run's output location and refuse one that would destroy or pollute data.
+
+    The output must not be, contain or lie inside the lake (or one of its tables) or any
+    other lake, must not be an existing file, and may only replace a complete output of
+    preassign (with ``overwrite``).
+
+    Raises:
+        UsageError: the output overlaps the lake or holds something that is not ours.
+        OutputExistsError: it holds a complete run and ``overwrite`` is off.
+    """
+    output = Output(out, storage_options, overwrite=overwrite)
+    output.check_target(protected_locations(lake, storage_options))
+    return output
+
+
 def run_preassignment(
     config: RunConfig,
     client: Any = None,
@@ -421,8 +446,8 @@ def run_preassignment(
     """
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    output = Output(config.out, config.storage_options, overwrite=config.overwrite)
-    output.check_writable()
+    output = check_output(config.out, config.lake, config.storage_options,
+                          overwrite=config.overwrite)
     output.acquire()
     try:
         return _run(config, client, output, progress, on_stage, started, seconds)

@@ -17,9 +17,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import os
-import shutil
-import uuid
 from typing import Any, Mapping
 
 import numpy as np
@@ -294,32 +291,36 @@ def write_lake(
     client: Any = None,
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, int]:
     """Generate and write a whole lake, partitions in parallel on Dask.
 
-    A local lake is written next to its final place and renamed into it at the end;
-    on object stores ``_lake.json`` is written last. An existing lake at ``url`` is
-    replaced.
+    The lake is written to a staging place next to ``url`` and published at the end
+    (:class:`preassign.storage.SynthLake`: a rename locally; on object stores the files
+    are copied and ``_lake.json`` written last). ``url`` must be missing, an empty
+    directory, or - with ``overwrite`` - a synthetic lake written earlier; anything else
+    (a file, another lake, a directory of other files, a place inside a lake) is refused.
 
     Returns:
         Rows written per table.
+
+    Raises:
+        UsageError: ``url`` holds something that is not a synthetic lake of ours.
+        OutputExistsError: it holds one and ``overwrite`` is off.
     """
     import dask
-    import fsspec
+
+    from .storage import SynthLake
 
     storage_options = dict(storage_options or {})
-    fs, path = fsspec.core.url_to_fs(url, **storage_options)
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-    target = url
-    if local:
-        path = os.path.abspath(path)
-        parent, name = os.path.split(path.rstrip("/"))
-        os.makedirs(parent, exist_ok=True)
-        target = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    target = SynthLake(url, storage_options, overwrite=overwrite)
+    target.check_target()
+    target.acquire()
     try:
-        write_small_table(target, "snacks", generate_snacks(cfg), storage_options)
-        write_small_table(target, "stock", generate_stock(cfg), storage_options)
-        tasks = [dask.delayed(_write_one, pure=False)(cfg, target, i, storage_options)
+        staging = target.staging_url()
+        write_small_table(staging, "snacks", generate_snacks(cfg), storage_options)
+        write_small_table(staging, "stock", generate_stock(cfg), storage_options)
+        tasks = [dask.delayed(_write_one, pure=False)(cfg, staging, i, storage_options)
                  for i in range(cfg.partitions)]
         if client is not None:
             futures = client.compute(tasks)
@@ -331,24 +332,17 @@ def write_lake(
             counts = client.gather(futures)
         else:
             counts = dask.compute(*tasks)
-        write_manifest(target, cfg.bounds, storage_options,
+        write_manifest(staging, cfg.bounds, storage_options,
                        source={"synth": {"users": cfg.users, "snacks": cfg.snacks,
                                          "seed": cfg.seed, "as_of": cfg.as_of.isoformat()}})
-        if local:
-            if os.path.exists(path):
-                old = f"{target}.old"
-                os.rename(path, old)
-                os.rename(target, path)
-                shutil.rmtree(old)
-            else:
-                os.rename(target, path)
+        target.publish()
     except BaseException:
-        if local and os.path.exists(target):
-            shutil.rmtree(target, ignore_errors=True)
+        target.discard()
         raise
+    finally:
+        target.release()
     rows = {"snacks": cfg.snacks}
     for c in counts:
         for k, v in c.items():
             rows[k] = rows.get(k, 0) + v
     return rows
-

@@ -34,6 +34,7 @@ from services import (
 
 import preassign.extract as extract_mod
 from preassign.contract import USER_KEYED, LakeError
+from preassign.errors import UsageError
 from preassign.extract import ID_MAX, ID_MIN, extract_lake, partition_bounds
 from preassign.lake import MANIFEST, POINTER, Lake, open_lake
 from preassign.pipeline import RunConfig, run_preassignment
@@ -235,7 +236,7 @@ def test_incremental_equals_full(empty_source, tmp_path):
 def test_incremental_refuses_without_a_previous_extraction(sqlite_source, synth_lake, tmp_path):
     with pytest.raises(LakeError, match="run a full extraction first"):
         extract_lake(sqlite_source, str(tmp_path / "new"), incremental=True)
-    with pytest.raises(LakeError, match=r"not versioned .*_lake\.json"):
+    with pytest.raises(UsageError, match=r"not versioned .*_lake\.json"):
         extract_lake(sqlite_source, synth_lake)
 
 

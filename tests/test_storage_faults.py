@@ -334,7 +334,7 @@ def test_local_output_under_a_file_fails_cleanly(tmp_path):
         run_preassignment(RunConfig(lake=str(lake), date_from=DATES[0], date_to=DATES[1],
                                     out=str(out)))
     assert not isinstance(info.value, OutputLockedError)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lake", "plain-file"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lake.lock", "lake", "plain-file"]
     assert (tmp_path / "plain-file").read_text() == "not a directory\n"
     assert str(out) in str(info.value), \
         f"the error does not name the output: {info.value!r}"

@@ -74,4 +74,4 @@ def test_written_lake_is_co_partitioned_and_sorted(tmp_path):
             assert np.all(np.diff(uid) >= 0)
             lo, hi = manifest["bounds"][i], manifest["bounds"][i + 1]
             assert uid.size == 0 or (uid.min() >= lo and uid.max() < hi)
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".lake")]
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".lake")] == [".lake.lock"]
