@@ -25,7 +25,11 @@ demo: $(STAMP)  ## synthetic lake of 100k users under data/, then a two-week pre
 	@test -f data/lake/_lake.json || $(BIN)/preassign synth --out data/lake --users $(USERS) --date $(DATE) --loglevel WARNING
 	$(BIN)/preassign run --lake data/lake --date $(DATE) --until $(UNTIL) --out data/run --overwrite --loglevel WARNING
 
-test: $(STAMP)  ## the default test suite (about 10 minutes on 2 cores)
+lint: $(STAMP)  ## ruff (style, docstrings, imports, bugbear) and mypy on preassign/
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: $(STAMP)  ## the default test suite (about 6 minutes on 2 cores)
 	$(BIN)/python -m pytest
 
 test-all: $(STAMP)  ## everything, including tests marked slow

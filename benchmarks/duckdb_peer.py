@@ -270,7 +270,7 @@ def _validate(con: duckdb.DuckDBPyConnection, present: set[str]) -> None:
         checks += _VALUE_RULES.get(table, [])
         aggs = ", ".join(f"count(*) FILTER (WHERE {pred})" for _, pred in checks)
         counts = con.execute(f"SELECT {aggs} FROM raw_{table}").fetchone()
-        for (col, pred), n in zip(checks, counts):
+        for (col, pred), n in zip(checks, counts, strict=False):
             if n:
                 ex = con.execute(f"SELECT * FROM raw_{table} WHERE {pred} LIMIT 1").fetchone()
                 raise LakeError(

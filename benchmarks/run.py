@@ -12,7 +12,7 @@ from outside:
 * ``duckdb`` -- ``benchmarks.duckdb_peer.run_duckdb`` (threads=2), skipped where a
   run would exceed ``--duckdb-max-seconds``; checked first for identical
   assignments on a small lake;
-* ``reference`` -- ``tests/reference.py`` (one Python object per user) on the first
+* ``reference`` -- ``tests/oracle/reference.py`` (one Python object per user) on the first
   ``--reference-sample`` target users, with C and the priors of the *whole* lake;
   timed per user and extrapolated, and checked against preassign's boxes.
 
@@ -53,7 +53,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 # Set by the harness for its peer processes: the frozen copy of the code under test.
 CODE_ENV = "PREASSIGN_BENCH_CODE"
-SNAPSHOT_FILES = ("benchmarks/duckdb_peer.py", "tests/reference.py")
+SNAPSHOT_FILES = ("benchmarks/duckdb_peer.py", "tests/oracle/reference.py")
 DATE_FROM = dt.date(2026, 12, 1)
 DATE_TO = dt.date(2026, 12, 14)
 SYNTH_SNACKS = 300
@@ -397,8 +397,8 @@ def peer_duckdb(lake: str, threads: int, save: str | None) -> dict[str, Any]:
 
 
 def _load_reference_module() -> Any:
-    spec = importlib.util.spec_from_file_location("preassign_bench_reference",
-                                                  _code_root() / "tests" / "reference.py")
+    spec = importlib.util.spec_from_file_location(
+        "preassign_bench_reference", _code_root() / "tests" / "oracle" / "reference.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -467,7 +467,7 @@ def lake_prior(lake: str) -> dict[str, Any]:
     rating_files = _table_files(root, "ratings")
     if len(user_files) != len(rating_files):
         raise RuntimeError(f"{lake}: users and ratings are not co-partitioned")
-    for uf, rf in zip(user_files, rating_files):
+    for uf, rf in zip(user_files, rating_files, strict=False):
         rows = con.execute(f"""
             SELECT snack_id, count(*), sum(rating) FROM (
               SELECT r.user_id, r.snack_id,
@@ -718,7 +718,7 @@ class Harness:
                 elif rec["status"] != "ok":
                     r.update(status="failed", reason=f"exit {rec['returncode']}; see {rec['log']}")
         facts = self.lakes[users]
-        for p, r in records.items():
+        for r in records.values():
             _summarize(r, facts)
         if self.check_here(users):
             self.duckdb_check = self.check_duckdb(records)

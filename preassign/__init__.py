@@ -4,6 +4,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .params import Params, ParamError  # noqa: E402
+from .core.params import ParamError, Params  # noqa: E402
 
-__all__ = ["Params", "ParamError", "__version__"]
+__all__ = ["ParamError", "Params", "__version__"]

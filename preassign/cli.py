@@ -1,55 +1,108 @@
-"""Command line: ``preassign synth``, ``preassign run`` (and the source commands).
+"""Command line: ``preassign synth``, ``extract`` and ``run``.
 
-Exit codes (documented in the README, "Operations"):
+Each command parses its options, calls one library function and prints what it returned.
+Failures are mapped in one place (:class:`_Group`), by class (:mod:`preassign.errors`):
 
 * 0 - success
-* 1 - bad input: the lake breaks the contract, a bad ``--set``, the output exists
-* 2 - bad usage (unknown option, missing argument) - click's own
-* 3 - infrastructure failure: cluster, workers, storage or database unreachable
+* 1 - bad input (:class:`~preassign.errors.InputError`): the lake breaks the contract, the
+  output already holds a complete run
+* 2 - bad usage (:class:`~preassign.errors.UsageError`, and click's own): an unknown option
+  or rule parameter, a bad value, an output that would overwrite the lake
+* 3 - infrastructure (:class:`~preassign.errors.InfrastructureError`, storage and cluster
+  failures): cluster, workers, storage or database failed or unreachable
+* 70 - internal error: a bug; one line on stderr says where its traceback went
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import sys
+import traceback
 from typing import Any
 
 import click
 
-from .errors import PreassignError
-from .params import ParamError, Params, parse_overrides
-
-EXIT_BAD_INPUT = 1
-MIN_WORKER_MEMORY = 768 * 2**20
-EXIT_INFRA = 3
+from .core.params import Params, parse_overrides
+from .errors import EXIT_INFRASTRUCTURE, EXIT_INTERNAL, PreassignError
+from .storage import parse_storage_options
 
 log = logging.getLogger("preassign")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+#: Where this process logs (set by :func:`_setup_logging`): the internal-error line says it.
+_LOGGING: dict[str, Any] = {"level": "INFO", "logfile": None}
 
 
-class BadInput(click.ClickException):
-    """A failure the user can fix in their input (exit 1)."""
-
-    exit_code = EXIT_BAD_INPUT
-
-
-class InfraFailure(click.ClickException):
-    """The cluster, storage or database failed (exit 3)."""
-
-    exit_code = EXIT_INFRA
-
-
-def _fail(exc: PreassignError, event: str) -> click.ClickException:
+def _known_failure(exc: PreassignError) -> click.ClickException:
     """A known failure as the click exception that prints ``Error: ...`` with its exit code."""
-    log.error("event=%s kind=%s error=%s", event, exc.kind, exc)
+    log.error("event=failed kind=%s error=%s", exc.kind, exc)
     failure = click.ClickException(str(exc))
     failure.exit_code = exc.exit_code
     return failure
 
 
+def _infrastructure_failure(exc: BaseException) -> click.ClickException | None:
+    """Storage, network and cluster failures Dask or fsspec raise (exit 3), else None."""
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    if not isinstance(exc, (OSError, TimeoutError, KilledWorker, CommClosedError,
+                            FutureCancelledError)):
+        return None
+    log.error("event=failed kind=infrastructure error=%s: %s", type(exc).__name__, exc)
+    hint = ""
+    if isinstance(exc, KilledWorker):
+        hint = ("\nHint: workers kept dying while running it - most often out of memory. "
+                "Raise --memory-limit, use fewer threads per worker, or write the lake "
+                "with fewer users per partition; nothing was published.")
+    failure = click.ClickException(f"{type(exc).__name__}: {exc}{hint}")
+    failure.exit_code = EXIT_INFRASTRUCTURE
+    return failure
+
+
+def _internal_error(exc: BaseException) -> click.ClickException:
+    """An error nobody foresaw: one line, the traceback in the log file or on stderr."""
+    text = "".join(traceback.format_exception(exc))
+    logfile = _LOGGING["logfile"]
+    if logfile:
+        try:
+            with open(logfile, "a", encoding="utf-8") as f:
+                f.write(text)
+            where = f"its traceback is in {logfile}"
+        except OSError:
+            logfile = None
+    if not logfile:
+        if _LOGGING["level"] == "DEBUG":
+            sys.stderr.write(text)
+            where = "its traceback is above"
+        else:
+            where = "run again with --loglevel DEBUG to see its traceback (or --logfile FILE)"
+    failure = click.ClickException(
+        f"internal error, a bug in preassign ({type(exc).__name__}: {exc}); {where}. "
+        "Please report it.")
+    failure.exit_code = EXIT_INTERNAL
+    return failure
+
+
+class _Group(click.Group):
+    """The command group: maps every failure to its exit code and one ``Error:`` line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; known failures get their exit code, unknown ones exit 70."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit,
+                click.exceptions.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except PreassignError as exc:
+            raise _known_failure(exc) from None
+        except Exception as exc:  # noqa: BLE001 - the one place unknown errors are handled
+            raise (_infrastructure_failure(exc) or _internal_error(exc)) from None
+
+
 def _setup_logging(level: str, logfile: str | None) -> None:
+    _LOGGING.update(level=level.upper(), logfile=logfile)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if logfile:
         handlers.append(logging.FileHandler(logfile))
@@ -73,40 +126,19 @@ def _parse_date(_ctx: Any, param: click.Parameter, value: str | None) -> dt.date
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"expected a date YYYY-MM-DD, got {value!r}", param=param) from None
+        raise click.BadParameter(f"expected a date YYYY-MM-DD, got {value!r}",
+                                 param=param) from None
 
 
 def _storage_options(items: tuple[str, ...]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs -> s3fs storage options (``endpoint_url`` is understood)."""
-    opts: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--storage-option")
-        if key in ("key", "secret", "token", "aws_access_key_id", "aws_secret_access_key"):
-            raise click.BadParameter(
-                f"{key!r} is a secret: use the AWS credential chain (environment, profile, "
-                "instance or task role) instead of the command line",
-                param_hint="--storage-option",
-            )
-        parsed: Any = value
-        if value.lower() in ("true", "false"):
-            parsed = value.lower() == "true"
-        if key == "endpoint_url":
-            opts.setdefault("client_kwargs", {})["endpoint_url"] = value
-            continue
-        opts[key] = parsed
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint and "endpoint_url" not in opts.get("client_kwargs", {}):
-        opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
-    return opts
+    return parse_storage_options(items)
 
 
 def _interactive(silent: bool) -> bool:
     return not silent and sys.stdout.isatty()
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=_Group, context_settings=CONTEXT)
 @click.version_option(package_name="preassign")
 def main() -> None:
     """Pre-assign snack boxes on Dask and count the demand per snack.
@@ -144,7 +176,8 @@ _cluster_options = [
                  help="Fargate CPU units per worker (1024 = 1 vCPU)."),
     click.option("--worker-mem", type=click.IntRange(min=512),
                  help="Fargate memory per worker, in MiB."),
-    click.option("--adapt", metavar="MIN:MAX", help="Adaptive scaling between MIN and MAX workers."),
+    click.option("--adapt", metavar="MIN:MAX",
+                 help="Adaptive scaling between MIN and MAX workers."),
     click.option("--image", help="Container image for Fargate scheduler and workers."),
 ]
 
@@ -158,29 +191,20 @@ def _apply(options: list) -> Any:
     return wrap
 
 
-def _cluster_spec(kind: str, workers: int | None, threads: int | None, memory: str | None,
-                  cpu: int | None, mem: int | None, adapt: str | None, image: str | None) -> Any:
-    from .cluster import ClusterSpec, parse_adapt
+def _cluster_spec(kind: str | None, workers: int | None, threads: int | None,
+                  memory: str | None, cpu: int | None, mem: int | None, adapt: str | None,
+                  image: str | None) -> Any:
+    from .cluster import ClusterSpec, check_memory_limit, parse_adapt
 
     if memory:
-        from dask.utils import parse_bytes
-
-        try:
-            limit = parse_bytes(memory)
-        except ValueError:
-            raise click.BadParameter(f"expected a size such as 4GiB, got {memory!r}",
-                                     param_hint="--memory-limit") from None
-        if limit < MIN_WORKER_MEMORY:
-            raise click.BadParameter(
-                f"{memory} is too small: a worker process needs about 250 MiB before it holds "
-                "any data, and Dask pauses it at 80% of its limit; give at least 768MiB "
-                "(about 1 GiB per 50,000 users in a partition)",
-                param_hint="--memory-limit")
+        check_memory_limit(memory)
     try:
         adapt_range = parse_adapt(adapt) if adapt else None
         return ClusterSpec(kind=kind, workers=workers, threads_per_worker=threads,
                            memory_limit=memory, worker_cpu=cpu, worker_mem=mem,
                            adapt=adapt_range, image=image)
+    except PreassignError:
+        raise
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -188,34 +212,12 @@ def _cluster_spec(kind: str, workers: int | None, threads: int | None, memory: s
 _source_options = [
     click.option("--source", help="SQLAlchemy URL of the source database, e.g. "
                                   "mysql+pymysql://user@host/db or sqlite:///snacks.db. Prefer "
-                                  "--source-file or $PREASSIGN_SOURCE_URL when it holds a password."),
+                                  "--source-file or $PREASSIGN_SOURCE_URL when it holds a "
+                                  "password."),
     click.option("--source-file", type=click.Path(exists=True, dir_okay=False),
                  help="File whose first non-comment line is the source URL (keeps the password "
                       "off the command line)."),
 ]
-
-
-def _source_errors(work: Any) -> Any:
-    """Run ``work()`` mapping source errors to exit codes (1 bad input, 3 unreachable)."""
-    from .contract import LakeError
-    from .source import SourceConnectionError, SourceError
-
-    try:
-        return work()
-    except PreassignError as exc:
-        if not isinstance(exc, LakeError):
-            raise _fail(exc, "source_failed") from None
-        log.error("event=source_failed kind=bad_input error=%s", exc)
-        raise BadInput(str(exc)) from None
-    except LakeError as exc:  # pragma: no cover - a PreassignError, kept for clarity
-        log.error("event=source_failed kind=bad_input error=%s", exc)
-        raise BadInput(str(exc)) from None
-    except SourceConnectionError as exc:
-        log.error("event=source_failed kind=infrastructure error=%s", exc)
-        raise InfraFailure(str(exc)) from None
-    except SourceError as exc:
-        log.error("event=source_failed kind=bad_input error=%s", exc)
-        raise BadInput(str(exc)) from None
 
 
 @main.command(context_settings=CONTEXT)
@@ -239,7 +241,8 @@ def _source_errors(work: Any) -> Any:
               help="fsspec/s3fs option, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable).")
 @_apply(_cluster_options[:4])
 @_apply(_common_logging)
-def synth(out: str | None, db: str | None, replace: bool, overwrite: bool, users: int, snacks: int, seed: int,
+def synth(out: str | None, db: str | None, replace: bool, overwrite: bool, users: int,
+          snacks: int, seed: int,
           as_of: dt.date | None, users_per_partition: int, storage_option: tuple[str, ...],
           cluster_kind: str, workers: int | None, threads_per_worker: int | None,
           memory_limit: str | None, loglevel: str, logfile: str | None, silent: bool) -> None:
@@ -252,7 +255,7 @@ def synth(out: str | None, db: str | None, replace: bool, overwrite: bool, users
       preassign synth --out data/lake --users 100000 --date 2026-12-01
       preassign synth --db sqlite:///data/snacks.db --users 10000 --date 2026-12-01
     """
-    from .synth import SynthConfig, write_lake
+    from .synth import SynthConfig, synth_lake
 
     _setup_logging(loglevel, logfile)
     if (out is None) == (db is None):
@@ -261,49 +264,19 @@ def synth(out: str | None, db: str | None, replace: bool, overwrite: bool, users
                       as_of=as_of or dt.datetime.now(dt.timezone.utc).date(),
                       users_per_partition=users_per_partition)
     if db is not None:
-        from .source import create_engine_from_url, load_synthetic, mask_url, resolve_source_url
+        from .source import fill_database
 
-        url = _source_errors(lambda: resolve_source_url(db))
-        log.info("event=synth_db_start users=%d db=%s", users, mask_url(url))
-        rows = _source_errors(lambda: load_synthetic(create_engine_from_url(url), cfg,
-                                                     replace=replace))
-        click.echo(f"filled {mask_url(url)}: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+        url, rows = fill_database(db, cfg, replace=replace)
+        click.echo(f"filled {url}: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
         return
     spec = _cluster_spec(cluster_kind, workers, threads_per_worker, memory_limit,
                          None, None, None, None)
-    opts = _storage_options(storage_option)
     log.info("event=synth_start users=%d snacks=%d partitions=%d out=%s", users, snacks,
              cfg.partitions, out)
-    from .storage import SynthLake
-
-    try:  # fail fast, before a cluster is started
-        SynthLake(out, opts, overwrite=overwrite).check_target()
-        rows = _with_cluster(spec, lambda client: write_lake(
-            cfg, out, client=client, storage_options=opts, progress=_interactive(silent),
-            overwrite=overwrite))
-    except PreassignError as exc:
-        raise _fail(exc, "synth_failed") from None
+    rows = synth_lake(cfg, out, spec, storage_options=_storage_options(storage_option),
+                      progress=_interactive(silent), overwrite=overwrite)
     log.info("event=synth_done %s", " ".join(f"{k}={v}" for k, v in rows.items()))
     click.echo(f"wrote lake {out}: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
-
-
-def _with_cluster(spec: Any, work: Any) -> Any:
-    from .cluster import open_client
-
-    try:
-        cm = open_client(spec)
-        client = cm.__enter__()
-    except click.ClickException:
-        raise
-    except Exception as exc:
-        raise InfraFailure(f"could not start or reach the Dask cluster ({spec.kind}): {exc}") from exc
-    try:
-        result = work(client)
-    except BaseException:
-        cm.__exit__(*sys.exc_info())
-        raise
-    cm.__exit__(None, None, None)
-    return result
 
 
 @main.command(context_settings=CONTEXT)
@@ -333,29 +306,18 @@ def extract(source: str | None, source_file: str | None, lake: str, users_per_pa
       PREASSIGN_SOURCE_URL='mysql+pymysql://etl:...@aurora.internal/snacks' \\
         preassign extract --lake s3://my-lake/snacks --incremental
     """
+    from .extract import extract_job
+    from .source import resolve_source_url
+
     _setup_logging(loglevel, logfile)
-    summary = _extract(source, source_file, lake, users_per_partition, incremental,
-                       _storage_options(storage_option),
-                       _cluster_spec(cluster_kind, workers, threads_per_worker, memory_limit,
-                                     None, None, None, None), silent)
+    url = resolve_source_url(source, source_file=source_file)
+    summary = extract_job(url, lake, _cluster_spec(cluster_kind, workers, threads_per_worker,
+                                                   memory_limit, None, None, None, None),
+                          users_per_partition=users_per_partition, incremental=incremental,
+                          storage_options=_storage_options(storage_option),
+                          progress=_interactive(silent))
     click.echo(f"published {summary['lake']} version {summary['version']} ({summary['mode']}): "
                + ", ".join(f"{k} {v:,}" for k, v in summary["rows"].items()))
-
-
-def _extract(source: str | None, source_file: str | None, lake: str, users_per_partition: int,
-             incremental: bool, opts: dict[str, Any], spec: Any, silent: bool) -> dict[str, Any]:
-    from .extract import check_lake_target, extract_lake
-    from .source import mask_url, resolve_source_url
-
-    url = _source_errors(lambda: resolve_source_url(source, source_file=source_file))
-    _source_errors(lambda: check_lake_target(lake, opts))
-    log.info("event=extract_start source=%s lake=%s incremental=%s", mask_url(url), lake,
-             incremental)
-    summary = _with_cluster(spec, lambda client: _source_errors(lambda: extract_lake(
-        url, lake, users_per_partition=users_per_partition, incremental=incremental,
-        storage_options=opts, client=client, progress=_interactive(silent))))
-    log.info("event=extract_done version=%s mode=%s", summary["version"], summary["mode"])
-    return summary
 
 
 @main.command(context_settings=CONTEXT)
@@ -408,83 +370,41 @@ def run(lake: str | None, source: str | None, source_file: str | None, do_extrac
       preassign run --lake data/lake --date 2026-12-01 --until 2026-12-14 \\
           --out data/run --set max_requests=1 --workers 2
     """
-    from .pipeline import RunConfig, run_preassignment
+    from .pipeline import ExtractFirst, RunConfig, run_job
+    from .source import mask_url, resolve_source_url
 
     _setup_logging(loglevel, logfile)
     if lake is None:
         raise click.UsageError("give --lake (with --source, the lake to extract into)")
-    try:
-        params = Params.from_mapping(parse_overrides(overrides))
-    except ParamError as exc:
-        raise click.BadParameter(str(exc), param_hint="--set") from None
-    opts = _storage_options(storage_option)
-    try:
-        config = RunConfig(lake=lake, date_from=date_from, date_to=date_to or date_from, out=out,
-                           params=params, storage_options=opts, on_invalid=on_invalid,
-                           overwrite=overwrite, users_per_partition=users_per_partition)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    params = Params.from_mapping(parse_overrides(overrides))
+    config = RunConfig(lake=lake, date_from=date_from, date_to=date_to or date_from, out=out,
+                       params=params, storage_options=_storage_options(storage_option),
+                       on_invalid=on_invalid, overwrite=overwrite,
+                       users_per_partition=users_per_partition)
     spec = _cluster_spec(cluster_kind, workers, threads_per_worker, memory_limit, worker_cpu,
                          worker_mem, adapt, image)
+    first = None
+    if source or source_file or do_extract:
+        url = resolve_source_url(source, source_file=source_file)
+        log.info("event=extract_start source=%s lake=%s", mask_url(url), lake)
+        first = ExtractFirst(url, incremental=incremental,
+                             users_per_partition=users_per_partition)
 
     def stage(name: str, seconds: float) -> None:
         log.info("event=stage_done stage=%s seconds=%.3f", name, seconds)
 
     log.info("event=run_start lake=%s date_from=%s date_to=%s out=%s", lake, config.date_from,
              config.date_to, out)
-    from .pipeline import check_output
-
-    try:  # fail fast, before a cluster is started or the database read
-        check_output(out, lake, opts, overwrite=overwrite)
-    except PreassignError as exc:
-        raise _fail(exc, "run_failed") from None
-    if source or source_file or do_extract:
-        if incremental is None:
-            import fsspec
-
-            fs, path = fsspec.core.url_to_fs(lake, **opts)
-            incremental = fs.isfile(path.rstrip("/") + "/_CURRENT")
-        _extract(source, source_file, lake, users_per_partition, incremental, opts, spec, silent)
-    try:  # fail fast, before a cluster is started
-        from .lake import open_lake
-
-        open_lake(lake, opts)
-    except PreassignError as exc:
-        raise _fail(exc, "run_failed") from None
-    try:
-        result = _with_cluster(spec, lambda client: run_preassignment(
-            config, client, progress=_interactive(silent), on_stage=stage))
-    except PreassignError as exc:
-        raise _fail(exc, "run_failed") from None
-    except Exception as exc:
-        if not _is_infrastructure(exc):
-            raise
-        log.error("event=run_failed kind=infrastructure error=%s: %s", type(exc).__name__, exc)
-        hint = ""
-        if type(exc).__name__ == "KilledWorker":
-            hint = ("\nHint: workers kept dying while running it - most often out of memory. "
-                    "Raise --memory-limit, use fewer threads per worker, or write the lake "
-                    "with fewer users per partition; nothing was published.")
-        raise InfraFailure(f"{type(exc).__name__}: {exc}{hint}") from None
+    result = run_job(config, spec, extract=first, progress=_interactive(silent), on_stage=stage)
     s = result.summary
     log.info("event=run_done users_targeted=%d boxes_full=%d boxes_short=%d units_total=%d",
              s["users_targeted"], s["boxes_full"], s["boxes_short"], s["units_total"])
     _print_result(result)
 
 
-def _is_infrastructure(exc: BaseException) -> bool:
-    """Failures of the cluster, storage or network (exit 3), as opposed to bad input."""
-    from distributed.client import FutureCancelledError
-    from distributed.comm.core import CommClosedError
-    from distributed.scheduler import KilledWorker
-
-    infra = (OSError, TimeoutError, ConnectionError, KilledWorker, CommClosedError,
-             FutureCancelledError)
-    return isinstance(exc, infra) or type(exc).__name__ in ("ClusterVersionMismatch",
-                                                             "OperationalError", "ClusterStalled")
-
-
 def _print_result(result: Any, top: int = 10) -> None:
+    from .report import list_shortages, rank_busiest_snacks
+
     s = result.summary
     click.echo(
         f"{s['users_targeted']:,} users targeted, {s['boxes_full']:,} boxes full, "
@@ -492,13 +412,11 @@ def _print_result(result: Any, top: int = 10) -> None:
         f"({s['date_from']} .. {s['date_to']}, {s['stage_seconds']['total']:.1f} s)"
     )
     if len(result.demand):
-        busiest = (result.demand.groupby("snack_id")["units"].sum().sort_values(ascending=False)
-                   .head(top).reset_index())
+        busiest = rank_busiest_snacks(result.demand, top=top)[["snack_id", "units"]]
         click.echo(f"\nBusiest snacks (units over the run, top {len(busiest)}):")
         click.echo(busiest.to_string(index=False))
     if result.shortage is not None:
-        short = result.shortage[result.shortage["shortage"] > 0].sort_values(
-            ["shortage", "snack_id"], ascending=[False, True])
+        short = list_shortages(result.shortage)
         click.echo(f"\nShortage: {len(short)} snacks short"
                    + (f" (top {min(top, len(short))})" if len(short) else ""))
         if len(short):

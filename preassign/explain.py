@@ -3,12 +3,13 @@
 Design
 ------
 :func:`explain_box` re-runs the same pure functions as the pipeline
-(:func:`~preassign.state.prepare_partition`, :func:`~preassign.state.build_user_state`,
-:func:`~preassign.assign.assign_snacks`) on a "partition" of exactly one user, so the box
+(:func:`~preassign.core.partition.prepare_partition`, the dense engine's
+:func:`~preassign.core.dense.build_user_state` and :func:`~preassign.core.dense.assign_snacks`,
+the formulas of :mod:`preassign.core.rules`) on a "partition" of exactly one user, so the box
 it explains is the box the run assigned, not a re-implementation of the rules. (Runs use
 the compiled kernel by default, ``RunConfig(engine="numba")``, which the tests hold equal
-to these numpy functions; ``tests/test_explain.py`` compares explained boxes with the
-run's ``assignments/``.)
+to the dense engine; the explain tests compare explained boxes with the run's
+``assignments/``.)
 
 Only that user's rows are read: each user-keyed table is opened as a
 :mod:`pyarrow.dataset` with a ``user_id == u`` filter (row groups that cannot hold the
@@ -32,7 +33,6 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -40,26 +40,22 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .assign import STAGES, assign_snacks, explore_key_matrix, jitter, score_matrix, snack_prior
-from .contract import (
-    NO_DATE,
-    STATUSES,
-    USER_KEYED,
-    LakeError,
-    dedupe_keyed,
-    empty_table,
-    normalize_table,
-)
-from .lake import Lake, open_lake, read_small_table, table_schema
-from .params import Params
-from .state import (
-    SnackCatalog,
+from .core import rules
+from .core.catalog import SnackCatalog
+from .core.contract import NO_DATE, STATUSES, USER_KEYED, LakeError, empty_table
+from .core.dense import (
     UserState,
-    build_catalog,
+    assign_snacks,
     build_user_state,
-    prepare_partition,
-    summarize_partition,
+    explore_key_matrix,
+    rating_totals,
+    score_matrix,
 )
+from .core.params import Params
+from .core.partition import prepare_partition
+from .core.rules import STAGES, jitter, snack_prior
+from .lake import Lake, load_catalog, open_lake, table_schema
+from .storage import open_location
 
 __all__ = ["explain_box", "first_assigned_user", "EXPLAIN_COLUMNS"]
 
@@ -69,7 +65,7 @@ EXPLAIN_COLUMNS = [
     "requested_at", "latest_rating", "score", "prior", "own_term", "genre_term",
     "favorite_term", "explore_key", "new_bonus_term", "jitter", "reason",
 ]
-_EPOCH = dt.date(1970, 1, 1)
+_EPOCH = rules.EPOCH
 _RATING_WORDS = {1: "dislike", 2: "so-so", 3: "like", 4: "love"}
 
 
@@ -92,8 +88,8 @@ def _as_date(value: dt.date | str, name: str) -> dt.date:
 
 
 def _out_fs(out_dir: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    fs, path = fsspec.core.url_to_fs(out_dir, **dict(storage_options or {}))
-    return fs, path.rstrip("/")
+    out = open_location(out_dir, storage_options, flag="out_dir")
+    return out.fs, out.path
 
 
 def _read_summary(out_dir: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -168,16 +164,6 @@ def _user_files(lake: Lake, user_id: int) -> dict[str, list[str]]:
     return {name: [fast[name][i]] for name in USER_KEYED}
 
 
-def _read_snacks(lake: Lake, on_invalid: str) -> tuple[pd.DataFrame, SnackCatalog]:
-    frames = [normalize_table("snacks", raw, on_invalid=on_invalid)[0]
-              for raw in read_small_table(lake, "snacks")]
-    if not frames:
-        frames = [normalize_table("snacks", empty_table("snacks"))[0]]
-    snacks = dedupe_keyed("snacks", pd.concat(frames, ignore_index=True), "snack_id")
-    snacks = snacks.sort_values("snack_id", kind="stable").reset_index(drop=True)
-    return snacks, build_catalog(snacks)
-
-
 def _load_prior(out_dir: str, catalog: SnackCatalog, params: Params,
                 storage_options: Mapping[str, Any] | None) -> np.ndarray:
     table = _read_output_table(out_dir, "snack_prior",
@@ -202,9 +188,10 @@ def _compute_prior(
     sums = np.zeros(catalog.size, np.int64)
     counts = np.zeros(catalog.size, np.int64)
     for files in _partition_files(lake):
-        raw = {name: _scan(lake, name, files[name]) for name in ("users", "ratings")}
-        tables, _, _, _ = prepare_partition(raw, catalog, on_invalid=on_invalid)
-        s, c, _ = summarize_partition(tables, catalog, _EPOCH, _EPOCH)
+        names = ("users", "ratings")
+        raw = {name: _scan(lake, name, files[name]) for name in names}
+        tables, _, _, _ = prepare_partition(raw, catalog, on_invalid=on_invalid, names=names)
+        s, c = rating_totals(tables, catalog)
         sums += s
         counts += c
     return snack_prior(sums, counts, params)
@@ -230,7 +217,7 @@ def _not_targeted(user_id: int, users: pd.DataFrame, date_from: dt.date, date_to
             f"[{date_from}, {date_to}]; widen the dates to include it")
 
 
-def _fmt(x: float, sign: bool = False) -> str:
+def _fmt(x: Any, sign: bool = False) -> str:
     return f"{x:+.2f}" if sign else f"{x:.3f}"
 
 
@@ -253,8 +240,9 @@ def _reasons(frame: pd.DataFrame, params: Params, day: dt.date,
                 f"= prior {_fmt(r.prior)}{new} + jitter {params.explore_jitter:g} x {r.jitter:.3f}"
             )
             continue
-        rating = "unrated" if pd.isna(r.latest_rating) else \
-            f"rated {int(r.latest_rating)}, {_RATING_WORDS[int(r.latest_rating)]}"
+        latest: Any = r.latest_rating
+        rating = "unrated" if pd.isna(latest) else \
+            f"rated {int(latest)}, {_RATING_WORDS[int(latest)]}"
         terms = (f"score {_fmt(r.score)} = prior {_fmt(r.prior)} + own "
                  f"{_fmt(r.own_term, True)} ({rating}) + genre {_fmt(r.genre_term, True)} "
                  f"+ favourite {_fmt(r.favorite_term, True)}")
@@ -265,7 +253,7 @@ def _reasons(frame: pd.DataFrame, params: Params, day: dt.date,
     return out
 
 
-def _explain(state: UserState, catalog: SnackCatalog, snacks: pd.DataFrame, prior: np.ndarray,
+def _explain(state: UserState, catalog: SnackCatalog, prior: np.ndarray,
              params: Params) -> pd.DataFrame:
     box = assign_snacks(state, catalog, prior, params)
     col = catalog.columns_of(box["snack_id"].to_numpy(np.int64))[0]
@@ -279,17 +267,18 @@ def _explain(state: UserState, catalog: SnackCatalog, snacks: pd.DataFrame, prio
     scored = np.isin(stage, ("preference", "fallback"))
     explored = stage == "explore"
     rating = state.rating[0, col].astype(np.int64)
-    own_of = np.array([0.0, 0.0, params.own_weight_2, params.own_weight_3, params.own_weight_4])
+    own_of = rules.own_weights(params)
     genre = catalog.genre[col]
     score = score_matrix(state, catalog, prior, params)[0, col]
     key = explore_key_matrix(state, catalog, prior, params)[0, col]
     launched = catalog.launched_on[col].astype(np.int64)
-    is_new = (day - params.new_days < launched) & (launched <= day)
+    is_new = rules.is_new(launched, day, params.new_days)
     jit = jitter(state.user_id[0], catalog.snack_id[col], day) if n else np.zeros(0)
     requested = dict(zip(state.request_col[state.request_row == 0].tolist(),
-                         state.request_at[state.request_row == 0].tolist()))
-    req_ns = [requested.get(int(c)) if s == "request" else None for c, s in zip(col, stage)]
-    names = snacks["name"].to_numpy(object)
+                         state.request_at[state.request_row == 0].tolist(), strict=False))
+    req_ns = [requested.get(int(c)) if s == "request" else None
+              for c, s in zip(col, stage, strict=True)]
+    names = catalog.names
     frame = pd.DataFrame({
         "user_id": np.full(n, int(state.user_id[0]), np.int64),
         "delivery_on": [_EPOCH + dt.timedelta(days=day)] * n,
@@ -335,8 +324,9 @@ def explain_box(
     Args:
         lake_url: the lake (local path or fsspec URL).
         user_id: the user; None picks :func:`first_assigned_user` of ``out_dir``.
-        date_from, date_to: the run's dates (``datetime.date`` or ISO strings); the user
-            must be targeted in them (active, ``next_delivery_on`` inside).
+        date_from: the run's first date (``datetime.date`` or an ISO string); the user
+            must be targeted in the run's dates (active, ``next_delivery_on`` inside).
+        date_to: the run's last date.
         out_dir: the run's output. Its ``snack_prior/`` gives the priors (else they are
             recomputed from the whole lake, see the module docstring) and its
             ``summary.json`` the parameters and ``on_invalid`` when not given here.
@@ -369,11 +359,11 @@ def explain_box(
         raise ValueError(f"date_to {date_to} is before date_from {date_from}")
     summary = _read_summary(out_dir, storage_options) if out_dir is not None else {}
     if isinstance(params, Params):
-        rules = params
+        rule_params = params
     elif params is not None:
-        rules = Params.from_mapping(params)
+        rule_params = Params.from_mapping(params)
     else:
-        rules = Params.from_mapping(summary.get("parameters"))
+        rule_params = Params.from_mapping(summary.get("parameters"))
     on_invalid = on_invalid or summary.get("on_invalid") or "raise"
     if on_invalid not in ("raise", "drop"):
         raise ValueError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
@@ -384,15 +374,15 @@ def explain_box(
     user_id = int(user_id)
 
     lake = open_lake(lake_url, storage_options)
-    snacks, catalog = _read_snacks(lake, on_invalid)
+    catalog = load_catalog(lake, on_invalid)[0]
     files = _user_files(lake, user_id)
     raw = {name: _scan(lake, name, files[name], user_id) for name in USER_KEYED}
     tables, _, _, _ = prepare_partition(raw, catalog, on_invalid=on_invalid)
-    state = build_user_state(tables, catalog, date_from, date_to, rules)
+    state = build_user_state(tables, catalog, date_from, date_to, rule_params)
     if state.n_users == 0:
         raise LookupError(_not_targeted(user_id, tables["users"], date_from, date_to))
     if out_dir is not None:
-        prior = _load_prior(out_dir, catalog, rules, storage_options)
+        prior = _load_prior(out_dir, catalog, rule_params, storage_options)
     else:
-        prior = _compute_prior(lake, catalog, rules, on_invalid)
-    return _explain(state, catalog, snacks, prior, rules)
+        prior = _compute_prior(lake, catalog, rule_params, on_invalid)
+    return _explain(state, catalog, prior, rule_params)

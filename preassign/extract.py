@@ -41,7 +41,8 @@ version is kept (a run that opened it keeps working); older ones are deleted. A
 failed extraction removes its own version (best effort: a range task still running
 may finish writing after that); a killed one leaves a directory no pointer names.
 Such unfinished versions (no ``_lake.json``) are deleted by the next successful
-extraction. Two extractions must not write into one lake at the same time.
+extraction. A lock next to the lake root (as for run outputs) keeps two extractions from
+writing into one lake at the same time.
 """
 
 from __future__ import annotations
@@ -52,22 +53,18 @@ import datetime as dt
 import logging
 import math
 import os
-import posixpath
-import re
 import time
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from .contract import TABLES, USER_KEYED, LakeError
-from .errors import UsageError
+from .compute import compute
+from .core.contract import TABLES, USER_KEYED, LakeError
 from .lake import (
     ARROW_SCHEMAS,
     MANIFEST,
@@ -77,7 +74,6 @@ from .lake import (
     write_small_table,
     write_user_partition,
 )
-from .storage import Location, enclosing_lake, open_location, refuse_overlap
 from .source import (
     APPEND_ONLY,
     WATERMARK_COLUMN,
@@ -90,12 +86,14 @@ from .source import (
     source_table,
     translate_error,
 )
+from .storage import VersionedLake, open_location
 
 __all__ = [
     "ID_MAX",
     "ID_MIN",
-    "VERSION_PREFIX",
     "check_lake_target",
+    "extract_job",
+    "has_extraction",
     "extract_lake",
     "partition_bounds",
 ]
@@ -105,11 +103,6 @@ log = logging.getLogger(__name__)
 #: Open ends of the first and last user-id range.
 ID_MIN = -(2**63)
 ID_MAX = 2**63 - 1
-#: Name prefix of a lake version directory.
-VERSION_PREFIX = "v-"
-#: A version directory's name: ``v-<UTC time to the microsecond>-<8 hex digits>``; only
-#: such directories are ever deleted by pruning.
-_VERSION_NAME = re.compile(r"^v-\d{8}T\d{12}Z-[0-9a-f]{8}$")
 #: Rows fetched from the driver per chunk (converted to Arrow chunk by chunk).
 FETCH_ROWS = 50_000
 
@@ -249,7 +242,7 @@ def _columns(name: str) -> list[str]:
 
 def _to_arrow(name: str, rows: list[Any]) -> pa.Table:
     schema = ARROW_SCHEMAS[name]
-    columns = list(zip(*rows)) if rows else [() for _ in schema.names]
+    columns = list(zip(*rows, strict=False)) if rows else [() for _ in schema.names]
     arrays = []
     for field, values in zip(schema, columns, strict=True):
         try:
@@ -333,8 +326,8 @@ def _select_range(
 
 def _read_previous(plan: _Plan, name: str, index: int) -> pa.Table:
     assert plan.previous_url is not None
-    fs, root = fsspec.core.url_to_fs(plan.previous_url, **dict(plan.storage_options))
-    path = posixpath.join(root, name, f"part.{index:05d}.parquet")
+    previous = open_location(plan.previous_url, plan.storage_options)
+    fs, path = previous.fs, previous.child(name, f"part.{index:05d}.parquet")
     try:
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)
@@ -380,129 +373,7 @@ def _extract_partition(plan: _Plan, index: int) -> tuple[dict[str, int], dict[st
 # the versioned lake
 
 
-class _Store:
-    """A lake root holding version directories and the ``_CURRENT`` pointer."""
-
-    def __init__(self, url: str, storage_options: Mapping[str, Any]):
-        self.url = url
-        self.location = open_location(url, storage_options, flag="--lake")
-        self.storage_options = dict(self.location.storage_options)
-        self.fs = self.location.fs
-        self.local = self.location.local
-        self.root = self.location.path
-
-    def check_target(self, protect: Sequence[tuple[str, Location]] = ()) -> None:
-        """Refuse a lake location whose contents preassign did not write.
-
-        The location must be missing, empty, or hold a versioned lake of ours (the
-        ``_CURRENT`` pointer, or only version directories left by earlier extractions).
-
-        Raises:
-            UsageError: naming the location and what is in the way.
-        """
-        loc = self.location
-        if loc.path == "/" or (not loc.local and "/" not in loc.path):
-            raise UsageError(f"--lake {self.url!r} is the root of its filesystem or bucket; "
-                             "give a directory (prefix) below it")
-        for label, protected in protect:
-            refuse_overlap(loc, "--lake", protected, label)
-        lake = enclosing_lake(loc)
-        if lake is not None:
-            raise UsageError(f"--lake {self.url!r} lies inside the lake {lake!r}; a lake "
-                             "inside another would be read as its data. Choose a location "
-                             "outside every lake")
-        status = loc.status()
-        if status == "file":
-            raise UsageError(f"--lake {self.url!r} is an existing file, not a directory; "
-                             "preassign never replaces it. Choose another location")
-        if status == "missing":
-            return
-        names = loc.names()
-        if POINTER in names:
-            return
-        foreign = [n for n in names if not (_VERSION_NAME.match(n)
-                                            or n.startswith(f".{POINTER}.tmp-"))]
-        if not foreign:
-            return
-        clash = sorted(set(names) & ({MANIFEST} | set(TABLES)))
-        if clash:
-            raise UsageError(
-                f"--lake {self.url!r} holds a lake that is not versioned (found "
-                f"{', '.join(clash)} at its root, e.g. written by `preassign synth`); "
-                "extract into a new location, or delete what is there first"
-            )
-        raise UsageError(
-            f"--lake {self.url!r} is a directory holding files preassign did not write (e.g. "
-            f"{foreign[0]!r}); extract into a new or empty location, or into a lake an "
-            "earlier extraction wrote"
-        )
-
-    def path(self, *parts: str) -> str:
-        return posixpath.join(self.root, *parts)
-
-    def url_of(self, *parts: str) -> str:
-        return self.location.url_of(self.path(*parts))
-
-    def current(self) -> str | None:
-        pointer = self.path(POINTER)
-        if not self.fs.isfile(pointer):
-            return None
-        return self.fs.cat_file(pointer).decode().strip() or None
-
-    def versions(self) -> list[str]:
-        if not self.fs.isdir(self.root):
-            return []
-        names = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)]
-        return sorted(n for n in names if _VERSION_NAME.match(n))
-
-    def new_version(self) -> str:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        return f"{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
-
-    def publish(self, version: str) -> None:
-        """Point ``_CURRENT`` at ``version`` (atomic rename locally, one PUT on S3)."""
-        data = (version + "\n").encode()
-        pointer = self.path(POINTER)
-        if self.local:
-            tmp = self.path(f".{POINTER}.tmp-{uuid.uuid4().hex[:8]}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, pointer)
-        else:
-            self.fs.pipe_file(pointer, data)
-
-    def discard(self, version: str) -> None:
-        """Best effort: a task still running elsewhere may write after this; such a
-        directory is never named by ``_CURRENT`` and a later extraction prunes it."""
-        for attempt in range(3):
-            try:
-                if self.fs.exists(self.path(version)):
-                    self.fs.rm(self.path(version), recursive=True)
-                return
-            except OSError:
-                time.sleep(0.2 * (attempt + 1))
-        log.warning("could not remove the unfinished version %s; a later extraction will",
-                    self.url_of(version))
-
-    def is_complete(self, version: str) -> bool:
-        return self.fs.isfile(self.path(version, MANIFEST))
-
-    def prune(self, current: str, previous: str | None) -> list[str]:
-        """Delete the versions older than ``previous``, and unfinished ones older than
-        ``current`` (left by failed or killed extractions: never published)."""
-        removed = []
-        for name in self.versions():
-            if name in (current, previous) or name > current:
-                continue
-            if (previous is not None and name < previous) or not self.is_complete(name):
-                self.fs.rm(self.path(name), recursive=True)
-                removed.append(name)
-        return removed
-
-
-def _previous_manifest(store: _Store, previous: str | None) -> dict[str, Any]:
+def _previous_manifest(store: VersionedLake, previous: str | None) -> dict[str, Any]:
     if previous is None:
         raise LakeError(
             f"lake {store.url!r} has no previous extraction to refresh ({POINTER} is missing); "
@@ -523,28 +394,41 @@ def _previous_manifest(store: _Store, previous: str | None) -> dict[str, Any]:
     return manifest
 
 
-def _compute(client: Any, tasks: list, progress: bool) -> list:
-    import dask
-
-    if client is None:
-        return list(dask.compute(*tasks))
-    futures = client.compute(tasks)
-    if progress:
-        from distributed import progress as show
-
-        show(futures)
-        print()
-    return client.gather(futures)
-
-
 def check_lake_target(lake_url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Refuse a ``--lake`` an extraction must not write to (see ``_Store.check_target``).
+    """Refuse a ``--lake`` an extraction must not write to.
+
+    See :meth:`preassign.storage.VersionedLake.check_target`.
 
     Raises:
         UsageError: the location is a file, lies inside another lake, or holds something
             an extraction did not write.
     """
-    _Store(lake_url, dict(storage_options or {})).check_target()
+    VersionedLake(lake_url, storage_options).check_target()
+
+
+def extract_job(source_url: str | URL, lake_url: str, cluster: Any, *,
+                users_per_partition: int = 50_000, incremental: bool = False,
+                storage_options: Mapping[str, Any] | None = None,
+                progress: bool = False) -> dict[str, Any]:
+    """``preassign extract``: check the lake location, then :func:`extract_lake` on a cluster.
+
+    ``cluster`` is a :class:`preassign.cluster.ClusterSpec`, started and closed here.
+    """
+    from .compute import with_cluster
+
+    check_lake_target(lake_url, storage_options)
+    log.info("event=extract_start source=%s lake=%s incremental=%s", mask_url(source_url),
+             lake_url, incremental)
+    summary = with_cluster(cluster, lambda client: extract_lake(
+        source_url, lake_url, users_per_partition=users_per_partition, incremental=incremental,
+        storage_options=storage_options, client=client, progress=progress))
+    log.info("event=extract_done version=%s mode=%s", summary["version"], summary["mode"])
+    return summary
+
+
+def has_extraction(lake_url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether the lake at ``lake_url`` holds an extraction (its ``_CURRENT`` pointer)."""
+    return VersionedLake(lake_url, storage_options).current() is not None
 
 
 def extract_lake(
@@ -594,8 +478,20 @@ def extract_lake(
     url = parse_source_url(source_url)
     _check_sqlite_file(url)
     storage_options = dict(storage_options or {})
-    store = _Store(lake_url, storage_options)
+    store = VersionedLake(lake_url, storage_options)
     store.check_target()
+    store.acquire()
+    try:
+        return _extract(url, store, users_per_partition, incremental, storage_options, client,
+                        progress, started)
+    finally:
+        store.release()
+
+
+def _extract(url: URL, store: VersionedLake, users_per_partition: int, incremental: bool,
+             storage_options: dict[str, Any], client: Any, progress: bool,
+             started: float) -> dict[str, Any]:
+    lake_url = store.url
     previous = store.current()
     previous_manifest = _previous_manifest(store, previous) if incremental else None
 
@@ -639,11 +535,11 @@ def extract_lake(
             since[name] = None if old is None else int(old)
 
     version = store.new_version()
-    version_url = store.url_of(version)
+    version_url = store.child_url(version)
     plan = _Plan(
         source=url,
         version_url=version_url,
-        previous_url=store.url_of(previous) if previous and since else None,
+        previous_url=store.child_url(previous) if previous and since else None,
         storage_options=storage_options,
         bounds=tuple(bounds),
         watermarked=frozenset(watermarked),
@@ -663,7 +559,7 @@ def extract_lake(
             rows[name] = table.num_rows
         read = dict(rows)
         task = dask.delayed(_extract_partition, pure=False)
-        results = _compute(client, [task(plan, i) for i in range(npart)], progress)
+        results = compute(client, [task(plan, i) for i in range(npart)], progress)
         for written, added in results:
             for name, n in written.items():
                 rows[name] = rows.get(name, 0) + n

@@ -1,5 +1,4 @@
-"""The lake on storage: opening, reading into Dask, writing the co-partitioned layout,
-and publishing run outputs atomically.
+"""The lake on storage: opening it, reading it into Dask, writing the co-partitioned layout.
 
 Layout
 ------
@@ -29,9 +28,9 @@ root that readers should use (how ``extract`` publishes a new lake atomically).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
-import hashlib
 import math
 import os
 import posixpath
@@ -39,13 +38,21 @@ from collections.abc import Mapping
 from typing import Any
 
 import dask.dataframe as dd
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .contract import TABLES, USER_KEYED, LakeError
+from .core.catalog import SnackCatalog, build_catalog
+from .core.contract import (
+    TABLES,
+    USER_KEYED,
+    InvalidValues,
+    LakeError,
+    dedupe_keyed,
+    empty_table,
+    normalize_table,
+)
 from .storage import (
     Location,
     OutputError,
@@ -61,6 +68,7 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "open_lake",
+    "load_catalog",
     "read_small_table",
     "read_user_tables",
     "table_schema",
@@ -132,12 +140,9 @@ class Lake:
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
         self.url = url
-        self.storage_options = dict(storage_options or {})
-        try:
-            self.fs, root = fsspec.core.url_to_fs(url, **self.storage_options)
-        except (ImportError, ValueError) as exc:
-            raise LakeError(f"cannot open lake {url!r}: {exc}") from exc
-        root = root.rstrip("/") or "/"
+        self.location = open_location(url, storage_options, flag="--lake")
+        self.storage_options = dict(self.location.storage_options)
+        self.fs, root = self.location.fs, self.location.path
         if not self.fs.isdir(root):
             raise LakeError(f"lake {url!r} does not exist or is not a directory")
         pointer = _join(root, POINTER)
@@ -149,7 +154,7 @@ class Lake:
             if not self.fs.isdir(root):
                 raise LakeError(f"lake {url!r}: {POINTER} names {version!r}, which does not exist")
         self.root = root
-        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.protocol = self.location.scheme
         self.manifest = self._read_manifest()
 
     def _read_manifest(self) -> dict[str, Any] | None:
@@ -162,14 +167,14 @@ class Lake:
             n = int(manifest["partitions"])
         except (ValueError, KeyError, TypeError) as exc:
             raise LakeError(f"lake {self.url!r}: {MANIFEST} is not valid ({exc})") from exc
-        if len(bounds) != n + 1 or any(b >= c for b, c in zip(bounds, bounds[1:])):
+        if len(bounds) != n + 1 or any(b >= c for b, c in zip(bounds, bounds[1:], strict=False)):
             raise LakeError(f"lake {self.url!r}: {MANIFEST} bounds are not {n + 1} increasing ids")
         manifest["bounds"] = bounds
         return manifest
 
     def full_path(self, path: str) -> str:
         """A path of this filesystem as a URL Dask can open."""
-        return path if self.protocol in ("file", "local") else f"{self.protocol}://{path}"
+        return self.location.url_of(path)
 
     def table_dir(self, name: str) -> str:
         """Directory of a table under the root."""
@@ -180,8 +185,10 @@ class Lake:
         return self.fs.isdir(self.table_dir(name))
 
     def _entries(self, name: str) -> dict[str, dict[str, Any]]:
-        """The table's data files with their listing details (one recursive listing),
-        skipping ``_``/``.`` names."""
+        """The table's data files with their listing details (one recursive listing).
+
+        Names starting with ``_`` or ``.`` are skipped.
+        """
         base = self.table_dir(name)
         if not self.fs.isdir(base):
             return {}
@@ -286,9 +293,52 @@ def read_small_table(lake: Lake, name: str) -> list[pd.DataFrame]:
     return [_read_file(lake, f, cols) for f in lake.files(name)]
 
 
+def _concat_normalized(name: str, parts: list[pd.DataFrame], on_invalid: str,
+                       rejected: dict[str, list[pd.DataFrame]] | None = None
+                       ) -> tuple[pd.DataFrame, int, list[InvalidValues]]:
+    frames, problems, rows = [], [], 0
+    for raw in parts:
+        rows += len(raw)
+        dropped: dict[str, pd.DataFrame] = {}
+        norm, found, _ = normalize_table(name, raw, on_invalid=on_invalid, rejected=dropped)
+        frames.append(norm)
+        problems.extend(found)
+        if rejected is not None and name in dropped:
+            rejected.setdefault(name, []).append(dropped[name])
+    if not frames:
+        frames = [normalize_table(name, empty_table(name))[0]]
+    return pd.concat(frames, ignore_index=True), rows, problems
+
+
+def load_catalog(
+    lake: Lake, on_invalid: str = "raise", rejected: dict[str, list[pd.DataFrame]] | None = None
+) -> tuple[SnackCatalog, pd.DataFrame | None, dict[str, int], list[InvalidValues]]:
+    """Read, check and de-duplicate ``snacks`` and (optional) ``stock``.
+
+    Returns:
+        ``(catalog, stock, input_rows, problems)``; ``stock`` is ``None`` when the
+        lake has no ``stock`` table, else the rows of known snacks. With
+        ``on_invalid="drop"``, ``rejected`` (if given) receives the dropped rows.
+    """
+    snacks, n_snacks, problems = _concat_normalized(
+        "snacks", read_small_table(lake, "snacks"), on_invalid, rejected)
+    catalog = build_catalog(dedupe_keyed("snacks", snacks, "snack_id"))
+    rows = {"snacks": n_snacks}
+    stock = None
+    if lake.has_table("stock"):
+        raw, n_stock, found = _concat_normalized("stock", read_small_table(lake, "stock"),
+                                                 on_invalid, rejected)
+        problems += found
+        rows["stock"] = n_stock
+        stock = dedupe_keyed("stock", raw, "snack_id")
+        stock = stock[np.isin(stock["snack_id"].to_numpy(np.int64), catalog.snack_id)]
+    return catalog, stock, rows, problems
+
+
 def table_schema(lake: Lake, name: str, files: list[str]) -> pa.Schema | None:
-    """A table's required columns as typed in its first file, integers widened to int64
-    (``None`` for a table without files).
+    """A table's required columns as typed in its first file, integers widened to int64.
+
+    ``None`` for a table without files.
 
     Raises:
         LakeError: the first file is not Parquet or lacks a required column.
@@ -316,8 +366,6 @@ def table_schema(lake: Lake, name: str, files: list[str]) -> pa.Schema | None:
 
 
 def _read_table(lake: Lake, name: str, files: list[str]) -> dd.DataFrame:
-    from .contract import empty_table
-
     cols = list(TABLES[name].columns)
     schema = table_schema(lake, name, files)
     if schema is None:
@@ -389,7 +437,8 @@ def write_user_partition(
     Returns:
         Rows written per table.
     """
-    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    target = open_location(url, storage_options)
+    fs, root = target.fs, target.path
     rows = {}
     for name in USER_KEYED:
         frame = tables[name].sort_values("user_id", kind="stable")
@@ -405,7 +454,8 @@ def write_small_table(
     url: str, name: str, frame: pd.DataFrame, storage_options: Mapping[str, Any] | None = None
 ) -> None:
     """Write a snack-keyed table whole, as ``<table>/part.00000.parquet``."""
-    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    target = open_location(url, storage_options)
+    fs, root = target.fs, target.path
     path = _join(root, name, "part.00000.parquet")
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     with fs.open(path, "wb") as f:
@@ -419,7 +469,8 @@ def write_manifest(
     **extra: Any,
 ) -> None:
     """Write ``_lake.json`` (last: a lake with a manifest is complete)."""
-    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    target = open_location(url, storage_options)
+    fs, root = target.fs, target.path
     manifest = {
         "format": "preassign-lake",
         "version": 1,

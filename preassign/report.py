@@ -193,16 +193,17 @@ def plot_demand_vs_stock(
         ax.scatter(stock, y, marker="|", s=220, linewidths=2.2, color="black", zorder=3,
                    label="stock on hand")
         right = max(int(units.max()), int(stock.max()), 1)
-        for yi, u, st, o in zip(y, units, stock, over):
+        for yi, u, st, o in zip(y, units, stock, over, strict=False):
             text = f"{u}  (short {o})" if o else f"{u}"
-            ax.text(max(u, st) + right * 0.012, yi, text, va="center", fontsize=7.5,
+            ax.text(float(max(u, st) + right * 0.012), float(yi), text, va="center", fontsize=7.5,
                     color=_OVER if o else "#333333")  # after the bar or the stock tick
         ax.set_xlim(0, right * 1.18)
     elif len(data):
         ax.barh(y, units, color=_WITHIN, label="units")
         right = max(int(units.max()), 1)
-        for yi, u in zip(y, units):
-            ax.text(u + right * 0.01, yi, f"{u}", va="center", fontsize=7.5, color="#333333")
+        for yi, u in zip(y, units, strict=False):
+            ax.text(float(u + right * 0.01), float(yi), f"{u}", va="center", fontsize=7.5,
+                    color="#333333")
         ax.set_xlim(0, right * 1.12)
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_ylim(len(data) - 0.4, -0.6)  # busiest on top, no empty band above or below
@@ -224,7 +225,7 @@ def plot_units_by_date(demand: pd.DataFrame, ax: Axes | None = None) -> Axes:
         ax = _new_axes(9.0, 3.4, bottom=0.9)
     x = np.arange(len(data))
     bottom = np.zeros(len(data), np.int64)
-    for col, color in zip(STAGE_COLUMNS, _STAGE_COLORS):
+    for col, color in zip(STAGE_COLUMNS, _STAGE_COLORS, strict=False):
         values = data[col].to_numpy(np.int64)
         ax.bar(x, values, bottom=bottom, color=color, label=col.removeprefix("units_"))
         bottom += values
@@ -300,9 +301,10 @@ def _table(columns: list[str], rows: Any, *, left: tuple[str, ...] = (),
            table_id: str | None = None) -> str:
     """An HTML table; ``rows`` yields tuples; columns named in ``left`` align left."""
     align = [' class="l"' if c in left else "" for c in columns]
-    head = "".join(f"<th{a}>{_e(c)}</th>" for a, c in zip(align, columns))
+    head = "".join(f"<th{a}>{_e(c)}</th>" for a, c in zip(align, columns, strict=False))
     body = "".join(
-        "<tr>" + "".join(f"<td{a}>{_num(v)}</td>" for a, v in zip(align, record)) + "</tr>"
+        "<tr>" + "".join(f"<td{a}>{_num(v)}</td>"
+                         for a, v in zip(align, record, strict=True)) + "</tr>"
         for record in rows
     )
     ident = f' id="{_e(table_id)}"' if table_id else ""
@@ -319,7 +321,7 @@ def _mapping_table(values: Mapping[str, Any], key: str, value: str, table_id: st
     return _table([key, value], values.items(), left=left, table_id=table_id)
 
 
-def _img(fig: Figure, alt: str, img_id: str) -> str:
+def _img(fig: Any, alt: str, img_id: str) -> str:
     data = base64.b64encode(figure_png(fig)).decode("ascii")
     return (f'<img class="chart" id="{_e(img_id)}" alt="{_e(alt)}" '
             f'src="data:image/png;base64,{data}">')

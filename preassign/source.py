@@ -71,7 +71,8 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from .contract import USER_KEYED
+from .core.contract import USER_KEYED
+from .errors import InfrastructureError, InputError
 from .synth import SynthConfig, generate_partition, generate_snacks, generate_stock
 
 __all__ = [
@@ -85,6 +86,7 @@ __all__ = [
     "SourceSchemaError",
     "create_engine_from_url",
     "create_schema",
+    "fill_database",
     "load_synthetic",
     "mask_url",
     "parse_source_url",
@@ -111,20 +113,23 @@ LOCK_WAIT_SECONDS = 600
 #: Default driver read timeout (``?read_timeout=`` in the URL overrides it): a connection
 #: the network black-holes (a failover) fails the extraction instead of hanging it.
 READ_TIMEOUT_SECONDS = 600
-_TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4",
+_TABLE_OPTIONS: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4",
                   "mysql_collate": "utf8mb4_bin"}
 
 
-class SourceError(RuntimeError):
+class SourceError(InputError):
     """The source database cannot be used; the message says what to fix (never a password).
 
-    Raised as is for a bad URL or a value the lake cannot hold; the subclasses below
-    say more.
+    Raised as is for a bad URL or a value the lake cannot hold (exit 1); the subclasses
+    below say more.
     """
 
 
-class SourceConnectionError(SourceError, ConnectionError):
-    """The database is unreachable, the credentials are wrong, or the URL is not usable."""
+class SourceConnectionError(SourceError, InfrastructureError, ConnectionError):
+    """The database is unreachable, the credentials are wrong, or the URL is unusable (exit 3)."""
+
+    exit_code = InfrastructureError.exit_code
+    kind = InfrastructureError.kind
 
 
 class SourceSchemaError(SourceError, LookupError):
@@ -255,8 +260,9 @@ def source_table(name: str) -> Table:
 
 
 def render_mysql_ddl() -> str:
-    """The schema as MySQL DDL (``CREATE TABLE`` / ``CREATE INDEX``), as shipped in
-    ``preassign/sql/schema_mysql.sql``.
+    """The schema as MySQL DDL (``CREATE TABLE`` / ``CREATE INDEX``).
+
+    This is what ``preassign/sql/schema_mysql.sql`` ships.
 
     Examples:
         >>> "CREATE TABLE ratings" in render_mysql_ddl()
@@ -469,7 +475,7 @@ _NO_COLUMN = {1054}
 
 def _driver_code_and_text(exc: BaseException) -> tuple[int | None, str]:
     orig = getattr(exc, "orig", None) or exc
-    args = getattr(orig, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
     code = args[0] if args and isinstance(args[0], int) else None
     text = str(args[1]) if code is not None and len(args) > 1 else str(orig)
     return code, text
@@ -564,6 +570,19 @@ def _insert(conn: sa.Connection, name: str, frame: Any, batch_rows: int) -> int:
         conn.execute(table.insert(), rows)  # executemany with bound parameters
         n += len(rows)
     return n
+
+
+def fill_database(url: str | URL, cfg: SynthConfig, *, replace: bool = False
+                  ) -> tuple[str, dict[str, int]]:
+    """``preassign synth --db``: fill the database at ``url`` with a synthetic lake's data.
+
+    Returns:
+        ``(the masked URL, rows written per table)``.
+    """
+    resolved = url if isinstance(url, URL) else resolve_source_url(url)
+    log.info("event=synth_db_start users=%d db=%s", cfg.users, mask_url(resolved))
+    return mask_url(resolved), load_synthetic(create_engine_from_url(resolved), cfg,
+                                              replace=replace)
 
 
 def load_synthetic(

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import socket
 import time
 import uuid
@@ -51,8 +52,12 @@ __all__ = [
     "OutputExistsError",
     "OutputLockedError",
     "Publication",
+    "RunOutput",
+    "SynthLake",
+    "VersionedLake",
     "enclosing_lake",
     "open_location",
+    "parse_storage_options",
     "refuse_overlap",
 ]
 
@@ -71,8 +76,10 @@ class OutputLockedError(OutputExistsError):
 
 
 class OutputError(InfrastructureError, OSError):
-    """The target could not be written (storage failure, permissions); the storage's own
-    error is chained as the cause (exit 3)."""
+    """The target could not be written (storage failure, permissions; exit 3).
+
+    The storage's own error is chained as the cause.
+    """
 
 
 def _join(*parts: str) -> str:
@@ -139,6 +146,47 @@ class Location:
         except FileNotFoundError:
             return []
         return sorted({posixpath.basename(p.rstrip("/")) for p in entries} - {""})
+
+
+#: ``storage_options`` keys that hold credentials: refused on the command line.
+SECRET_OPTIONS = frozenset({"key", "secret", "token", "aws_access_key_id",
+                            "aws_secret_access_key", "aws_session_token"})
+
+
+def parse_storage_options(items: Iterable[str],
+                          environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (the CLI's ``--storage-option``) -> fsspec ``storage_options``.
+
+    ``endpoint_url`` goes where s3fs wants it (``client_kwargs``); ``true``/``false``
+    become booleans. Without an endpoint given, ``AWS_ENDPOINT_URL_S3`` or
+    ``AWS_ENDPOINT_URL`` from ``environ`` (default: the process environment) is used, as
+    the AWS tools do. Credentials are never taken here: they come from the AWS chain.
+
+    Raises:
+        UsageError: a pair without ``=``, or a credential key.
+
+    Examples:
+        >>> parse_storage_options(["endpoint_url=http://127.0.0.1:9000", "anon=false"], {})
+        {'client_kwargs': {'endpoint_url': 'http://127.0.0.1:9000'}, 'anon': False}
+    """
+    opts: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--storage-option: expected KEY=VALUE, got {item!r}")
+        if key in SECRET_OPTIONS:
+            raise UsageError(
+                f"--storage-option: {key!r} is a secret: use the AWS credential chain "
+                "(environment, profile, instance or task role) instead of the command line")
+        if key == "endpoint_url":
+            opts.setdefault("client_kwargs", {})["endpoint_url"] = value
+            continue
+        opts[key] = value.lower() == "true" if value.lower() in ("true", "false") else value
+    environ = os.environ if environ is None else environ
+    endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "endpoint_url" not in opts.get("client_kwargs", {}):
+        opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
+    return opts
 
 
 def open_location(url: str, storage_options: Mapping[str, Any] | None = None, *,
@@ -209,30 +257,17 @@ def refuse_overlap(target: Location, target_flag: str, protected: Location,
     )
 
 
-class Publication:
-    """A target written through a staging place and published at once at the end.
+class _Target:
+    """A location something is published to, with a lock next to it."""
 
-    Subclasses say which file marks a complete result (:attr:`last`), which names a
-    result of theirs holds (:attr:`layout`) and how to recognise their own complete
-    result (:meth:`owns_complete`).
-    """
-
-    #: the file written last: its presence means the result is complete
-    last = "summary.json"
-    #: top-level names a result of this kind holds (an interrupted object-store publish
-    #: leaves a subset of them, which is recognisably ours)
-    layout: frozenset[str] = frozenset()
     #: what the target is, for messages
     what = "output"
     #: the option naming the target, for messages
     flag = "--out"
-    #: what a complete result is called, for messages
-    result = "run"
     #: an object-store lock older than this is taken to be left by a dead process
     stale_lock_seconds = 6 * 3600
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, *,
-                 overwrite: bool = False):
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
         self.url = url
         self.location = open_location(url, storage_options, flag=self.flag)
         self.storage_options = dict(self.location.storage_options)
@@ -240,85 +275,34 @@ class Publication:
         self.path = self.location.path
         self.protocol = self.location.scheme
         self.local = self.location.local
-        self.overwrite = overwrite
         self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + \
             uuid.uuid4().hex[:8]
-        parent, name = self.location.parent, self.location.name
-        self.staging = _join(parent, f".{name}.staging-{self.run_id}")
         self._lock_fd: int | None = None
-
-    # ----------------------------------------------------------------------------------------
-    # what is there
 
     @property
     def lock_path(self) -> str:
         """The lock file next to the target."""
         return _join(self.location.parent, f".{self.location.name}.lock")
 
-    def is_complete(self) -> bool:
-        """Whether the target holds a complete result (its :attr:`last` file)."""
-        return self.fs.isfile(_join(self.path, self.last))
-
-    def owns_complete(self) -> bool:
-        """Whether the complete result at the target was written by preassign."""
-        try:
-            payload = json.loads(self.fs.cat_file(_join(self.path, self.last)))
-        except (OSError, ValueError):
-            return False
-        return self._recognise(payload)
-
-    def _recognise(self, payload: Any) -> bool:
-        return isinstance(payload, dict) and "run_id" in payload and "parameters" in payload
-
-    def check_target(self, protect: Iterable[tuple[str, Location]] = ()) -> None:
-        """Refuse a target that would destroy or pollute something the user owns.
-
-        Args:
-            protect: ``(label, location)`` pairs the target must not be, contain or lie in.
-
-        Raises:
-            UsageError: the target is a filesystem or bucket root, overlaps a protected
-                location, lies inside a lake, is not a directory, or is a directory holding
-                something preassign did not write.
-            OutputExistsError: it holds a complete result and ``overwrite`` is off.
-        """
+    def _check_place(self, protect: Iterable[tuple[str, Location]]) -> str:
+        """The checks every target shares; returns the target's status."""
         loc = self.location
         if loc.path == "/" or (not loc.local and "/" not in loc.path):
             raise UsageError(f"{self.flag} {self.url!r} is the root of its filesystem or "
                              "bucket; give a directory (prefix) below it")
         for label, protected in protect:
             refuse_overlap(loc, self.flag, protected, label)
-        with self._failing(f"checking {self.what}"):
-            lake = enclosing_lake(loc)
-            if lake is not None:
-                raise UsageError(
-                    f"{self.flag} {self.url!r} lies inside the lake {lake!r}; its files would "
-                    f"be read as lake data. Choose a {self.flag} outside every lake")
-            status = loc.status()
-            if status == "file":
-                raise UsageError(
-                    f"{self.flag} {self.url!r} is an existing file, not a directory; preassign "
-                    "never replaces it. Choose another location")
-            if status == "missing":
-                return
-            names = [n for n in loc.names() if n not in (".", "..")]
-            if not names:
-                return
-            if self.last in names and self.owns_complete():
-                if not self.overwrite:
-                    raise OutputExistsError(
-                        f"{self.what} {self.url!r} already holds a complete {self.result} "
-                        f"({self.last}); pass --overwrite to replace it, or choose another "
-                        f"{self.flag}")
-                return
-            if self.last not in names and set(names) <= self.layout:
-                return  # left by an interrupted publish of ours: nothing complete is there
-            foreign = [n for n in names if n not in self.layout] or names
+        lake = enclosing_lake(loc)
+        if lake is not None:
             raise UsageError(
-                f"{self.flag} {self.url!r} is a directory holding files preassign did not "
-                f"write (e.g. {foreign[0]!r}); preassign only replaces an empty directory or "
-                f"a complete {self.what} of its own (with --overwrite). Choose a new or empty "
-                "location")
+                f"{self.flag} {self.url!r} lies inside the lake {lake!r}; its files would be "
+                f"read as lake data. Choose a {self.flag} outside every lake")
+        status = loc.status()
+        if status == "file":
+            raise UsageError(
+                f"{self.flag} {self.url!r} is an existing file, not a directory; preassign "
+                "never replaces it. Choose another location")
+        return status
 
     # ----------------------------------------------------------------------------------------
     # the lock
@@ -403,6 +387,82 @@ class Publication:
             raise
         except OSError as exc:
             raise OutputError(f"{doing} {self.url!r} failed: {exc}") from exc
+
+class Publication(_Target):
+    """A target written through a staging place and published at once at the end.
+
+    Subclasses say which file marks a complete result (:attr:`last`), which names a
+    result of theirs holds (:attr:`layout`) and how to recognise their own complete
+    result (:meth:`owns_complete`).
+    """
+
+    #: the file written last: its presence means the result is complete
+    last = "summary.json"
+    #: top-level names a result of this kind holds (an interrupted object-store publish
+    #: leaves a subset of them, which is recognisably ours)
+    layout: frozenset[str] = frozenset()
+    #: what a complete result is called, for messages
+    result = "run"
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, *,
+                 overwrite: bool = False):
+        super().__init__(url, storage_options)
+        self.overwrite = overwrite
+        self.staging = _join(self.location.parent,
+                             f".{self.location.name}.staging-{self.run_id}")
+
+    # ----------------------------------------------------------------------------------------
+    # what is there
+
+    def is_complete(self) -> bool:
+        """Whether the target holds a complete result (its :attr:`last` file)."""
+        return self.fs.isfile(_join(self.path, self.last))
+
+    def owns_complete(self) -> bool:
+        """Whether the complete result at the target was written by preassign."""
+        try:
+            payload = json.loads(self.fs.cat_file(_join(self.path, self.last)))
+        except (OSError, ValueError):
+            return False
+        return self._recognise(payload)
+
+    def _recognise(self, payload: Any) -> bool:
+        return isinstance(payload, dict) and "run_id" in payload and "parameters" in payload
+
+    def check_target(self, protect: Iterable[tuple[str, Location]] = ()) -> None:
+        """Refuse a target that would destroy or pollute something the user owns.
+
+        Args:
+            protect: ``(label, location)`` pairs the target must not be, contain or lie in.
+
+        Raises:
+            UsageError: the target is a filesystem or bucket root, overlaps a protected
+                location, lies inside a lake, is not a directory, or is a directory holding
+                something preassign did not write.
+            OutputExistsError: it holds a complete result and ``overwrite`` is off.
+        """
+        loc = self.location
+        with self._failing(f"checking {self.what}"):
+            if self._check_place(protect) == "missing":
+                return
+            names = [n for n in loc.names() if n not in (".", "..")]
+            if not names:
+                return
+            if self.last in names and self.owns_complete():
+                if not self.overwrite:
+                    raise OutputExistsError(
+                        f"{self.what} {self.url!r} already holds a complete {self.result} "
+                        f"({self.last}); pass --overwrite to replace it, or choose another "
+                        f"{self.flag}")
+                return
+            if self.last not in names and set(names) <= self.layout:
+                return  # left by an interrupted publish of ours: nothing complete is there
+            foreign = [n for n in names if n not in self.layout] or names
+            raise UsageError(
+                f"{self.flag} {self.url!r} is a directory holding files preassign did not "
+                f"write (e.g. {foreign[0]!r}); preassign only replaces an empty directory or "
+                f"a complete {self.what} of its own (with --overwrite). Choose a new or empty "
+                "location")
 
     # ----------------------------------------------------------------------------------------
     # staging
@@ -510,3 +570,129 @@ class SynthLake(Publication):
     def _recognise(self, payload: Any) -> bool:
         return (isinstance(payload, dict) and payload.get("format") == "preassign-lake"
                 and isinstance(payload.get("source"), dict) and "synth" in payload["source"])
+
+
+class VersionedLake(_Target):
+    """A lake root ``extract`` publishes versions to, with a pointer to the current one.
+
+    Versions are ``v-<time>-<id>/`` directories; the ``_CURRENT`` pointer is written last
+    (an atomic rename locally, one PUT on S3).
+
+    Readers (:class:`preassign.lake.Lake`) follow the pointer, so they see the old version
+    or the new one, never a mix. Only directories named like a version are ever deleted.
+    """
+
+    what = "lake"
+    flag = "--lake"
+    #: the file naming the current version
+    pointer = "_CURRENT"
+    #: a version directory's name: ``v-<UTC time to the microsecond>-<8 hex digits>``
+    version_name = re.compile(r"^v-\d{8}T\d{12}Z-[0-9a-f]{8}$")
+    #: names of a lake that is not versioned (it would be mixed with versions)
+    unversioned = frozenset({"_lake.json", "snacks", "users", "ratings", "deliveries",
+                             "ng_snacks", "avoid_ingredients", "genre_prefs", "requests",
+                             "stock"})
+
+    def check_target(self, protect: Iterable[tuple[str, Location]] = ()) -> None:
+        """Refuse a lake location whose contents preassign did not write.
+
+        The location must be missing, empty, or hold a versioned lake of ours (the
+        pointer, or only version directories left by earlier extractions).
+
+        Raises:
+            UsageError: naming the location and what is in the way.
+        """
+        with self._failing(f"checking {self.what}"):
+            if self._check_place(protect) == "missing":
+                return
+            names = self.location.names()
+        if self.pointer in names:
+            return
+        foreign = [n for n in names if not (self.version_name.match(n)
+                                            or n.startswith(f".{self.pointer}.tmp-"))]
+        if not foreign:
+            return
+        clash = sorted(set(names) & self.unversioned)
+        if clash:
+            raise UsageError(
+                f"--lake {self.url!r} holds a lake that is not versioned (found "
+                f"{', '.join(clash)} at its root, e.g. written by `preassign synth`); "
+                "extract into a new location, or delete what is there first"
+            )
+        raise UsageError(
+            f"--lake {self.url!r} is a directory holding files preassign did not write (e.g. "
+            f"{foreign[0]!r}); extract into a new or empty location, or into a lake an "
+            "earlier extraction wrote"
+        )
+
+    def child_url(self, *parts: str) -> str:
+        """URL of something under the lake root."""
+        return self.location.url_of(self.location.child(*parts))
+
+    def current(self) -> str | None:
+        """The version ``_CURRENT`` names, or None."""
+        pointer = self.location.child(self.pointer)
+        if not self.fs.isfile(pointer):
+            return None
+        return self.fs.cat_file(pointer).decode().strip() or None
+
+    def versions(self) -> list[str]:
+        """Version directories under the root, oldest first."""
+        if not self.fs.isdir(self.path):
+            return []
+        return sorted(n for n in self.location.names() if self.version_name.match(n))
+
+    def new_version(self) -> str:
+        """A fresh version name (later versions sort after earlier ones)."""
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        return f"v-{stamp}-{uuid.uuid4().hex[:8]}"
+
+    def publish(self, version: str) -> None:
+        """Point ``_CURRENT`` at ``version`` (atomic rename locally, one PUT on S3)."""
+        data = (version + "\n").encode()
+        pointer = self.location.child(self.pointer)
+        with self._failing(f"publishing version {version} of"):
+            if self.local:
+                tmp = self.location.child(f".{self.pointer}.tmp-{uuid.uuid4().hex[:8]}")
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, pointer)
+            else:
+                self.fs.pipe_file(pointer, data)
+
+    def discard(self, version: str) -> None:
+        """Remove an unpublished version, best effort.
+
+        A task still running elsewhere may write after this; such a directory is never
+        named by ``_CURRENT`` and a later extraction prunes it.
+        """
+        path = self.location.child(version)
+        for attempt in range(3):
+            try:
+                if self.fs.exists(path):
+                    self.fs.rm(path, recursive=True)
+                return
+            except OSError:
+                time.sleep(0.2 * (attempt + 1))
+        log.warning("could not remove the unfinished version %s; a later extraction will",
+                    self.child_url(version))
+
+    def is_complete(self, version: str) -> bool:
+        """Whether a version holds its manifest (written last by the extraction)."""
+        return self.fs.isfile(self.location.child(version, "_lake.json"))
+
+    def prune(self, current: str, previous: str | None) -> list[str]:
+        """Delete the versions older than ``previous``, and unfinished ones older than ``current``.
+
+        Unfinished versions are left by failed or killed extractions: never published.
+        """
+        removed = []
+        for name in self.versions():
+            if name in (current, previous) or name > current:
+                continue
+            if (previous is not None and name < previous) or not self.is_complete(name):
+                self.fs.rm(self.location.child(name), recursive=True)
+                removed.append(name)
+        return removed

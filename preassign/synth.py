@@ -22,9 +22,17 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .lake import USER_KEYED, write_manifest, write_small_table, write_user_partition
+from .core.contract import USER_KEYED
+from .lake import write_manifest, write_small_table, write_user_partition
 
-__all__ = ["SynthConfig", "generate_snacks", "generate_stock", "generate_partition", "write_lake"]
+__all__ = [
+    "SynthConfig",
+    "generate_partition",
+    "generate_snacks",
+    "generate_stock",
+    "synth_lake",
+    "write_lake",
+]
 
 GENRES = (
     "chips", "choco", "cookie", "cracker", "candy",
@@ -121,15 +129,19 @@ def generate_snacks(cfg: SynthConfig) -> pd.DataFrame:
             "genre": genre,
             "ingredients": ingredients,
             "launched_on": _days(a["launched"]),
-            "retired_on": [None if r == -1 else d for r, d in zip(a["retired"], _days(a["retired"]))],
+            "retired_on": [None if r == -1 else d
+                           for r, d in zip(a["retired"], _days(a["retired"]), strict=True)],
         }
     )
 
 
 def generate_stock(cfg: SynthConfig) -> pd.DataFrame:
-    """Units on hand, planned the way operations would: a demand forecast from the rules run
-    on a sample of users, scaled to the whole base, give or take 40% - so some snacks run
-    short and most do not. A few snacks have no stock row at all."""
+    """Units on hand, planned the way operations would.
+
+    A demand forecast from the rules run on a sample of users, scaled to the whole base,
+    give or take 40% - so some snacks run short and most do not. A few snacks have no stock
+    row at all.
+    """
     rng = _rng(cfg, 10**9 + 2)
     forecast = _forecast_demand(cfg)
     quantity = rng.poisson(np.maximum(forecast * rng.uniform(0.85, 1.5, cfg.snacks), 1.0))
@@ -142,10 +154,12 @@ def generate_stock(cfg: SynthConfig) -> pd.DataFrame:
 
 def _forecast_demand(cfg: SynthConfig) -> np.ndarray:
     """Expected units per snack over the two weeks from ``as_of``, from <= 5,000 users."""
-    from .assign import assign_snacks, snack_prior
-    from .contract import normalize_table
-    from .params import Params
-    from .state import build_catalog, build_user_state, prepare_partition, summarize_partition
+    from .core.catalog import build_catalog
+    from .core.contract import normalize_table
+    from .core.dense import assign_snacks, build_user_state, rating_totals
+    from .core.params import Params
+    from .core.partition import prepare_partition
+    from .core.rules import snack_prior
 
     sample = dataclasses.replace(cfg, users=min(cfg.users, 5_000), users_per_partition=5_000)
     if sample.users == 0:
@@ -153,7 +167,7 @@ def _forecast_demand(cfg: SynthConfig) -> np.ndarray:
     catalog = build_catalog(normalize_table("snacks", generate_snacks(cfg))[0])
     tables, _, _, _ = prepare_partition(generate_partition(sample, 0), catalog)
     until = cfg.as_of + dt.timedelta(days=13)
-    sums, counts, _ = summarize_partition(tables, catalog, cfg.as_of, until)
+    sums, counts = rating_totals(tables, catalog)
     params = Params()
     state = build_user_state(tables, catalog, cfg.as_of, until, params)
     boxes = assign_snacks(state, catalog, snack_prior(sums, counts, params), params)
@@ -162,7 +176,8 @@ def _forecast_demand(cfg: SynthConfig) -> np.ndarray:
     return units * (cfg.users / sample.users)
 
 
-def _distinct_sample(rng: np.random.Generator, weights: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _distinct_sample(rng: np.random.Generator, weights: np.ndarray, counts: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row u, ``counts[u]`` distinct columns drawn by weight (Gumbel top-k).
 
     Returns ``(row, column, rank)``: rank is the draw order 0.. within the row.
@@ -203,7 +218,8 @@ def generate_partition(cfg: SynthConfig, index: int) -> dict[str, pd.DataFrame]:
 
     # users
     status_draw = rng.random(n)
-    status = np.where(status_draw < 0.86, "active", np.where(status_draw < 0.95, "paused", "cancelled"))
+    status = np.where(status_draw < 0.86, "active",
+                      np.where(status_draw < 0.95, "paused", "cancelled"))
     next_day = cfg.day0 + rng.integers(0, 14, n)
     has_date = (status == "active") | ((status == "paused") & (rng.random(n) < 0.5))
     box_draw = rng.random(n)
@@ -214,7 +230,8 @@ def generate_partition(cfg: SynthConfig, index: int) -> dict[str, pd.DataFrame]:
             "status": status.astype(object),
             "next_delivery_on": pd.Series(np.where(has_date, next_day, 0).astype("datetime64[D]"))
             .dt.date.where(has_date, None),
-            "box_size": pd.array(np.where(box == 0, pd.NA, box), dtype="Int16"),
+            "box_size": pd.array(np.where(box == 0, pd.NA, box),  # type: ignore[call-overload]
+                                 dtype="Int16"),
         }
     )
     k = np.where(box == 0, 8, box)
@@ -241,7 +258,8 @@ def generate_partition(cfg: SynthConfig, index: int) -> dict[str, pd.DataFrame]:
     latent = snacks["quality"][col] + rng.normal(0, 1.0, len(col))
     rating = np.digitize(latent, [-1.0, -0.2, 0.8]) + 1
     age_days = rng.integers(0, 365, len(col))
-    rated_at = (cfg.day0 - age_days) * _NS_PER_DAY + rng.integers(0, _NS_PER_DAY // 1000, len(col)) * 1000
+    rated_at = (cfg.day0 - age_days) * _NS_PER_DAY + \
+        rng.integers(0, _NS_PER_DAY // 1000, len(col)) * 1000
     # some pairs rated twice (the later rating wins); at most 200 rating rows per user
     rerate = (rng.random(len(col)) < 0.03) & (n_ratings[row] <= 190)
     ratings = pd.DataFrame(
@@ -280,7 +298,8 @@ def generate_partition(cfg: SynthConfig, index: int) -> dict[str, pd.DataFrame]:
             for name in USER_KEYED}
 
 
-def _write_one(cfg: SynthConfig, url: str, index: int, storage_options: Mapping[str, Any]) -> dict[str, int]:
+def _write_one(cfg: SynthConfig, url: str, index: int,
+               storage_options: Mapping[str, Any]) -> dict[str, int]:
     return write_user_partition(url, index, generate_partition(cfg, index), storage_options)
 
 
@@ -310,6 +329,7 @@ def write_lake(
     """
     import dask
 
+    from .compute import compute
     from .storage import SynthLake
 
     storage_options = dict(storage_options or {})
@@ -322,16 +342,7 @@ def write_lake(
         write_small_table(staging, "stock", generate_stock(cfg), storage_options)
         tasks = [dask.delayed(_write_one, pure=False)(cfg, staging, i, storage_options)
                  for i in range(cfg.partitions)]
-        if client is not None:
-            futures = client.compute(tasks)
-            if progress:
-                from distributed import progress as show
-
-                show(futures)
-                print()
-            counts = client.gather(futures)
-        else:
-            counts = dask.compute(*tasks)
+        counts = compute(client, tasks, progress)
         write_manifest(staging, cfg.bounds, storage_options,
                        source={"synth": {"users": cfg.users, "snacks": cfg.snacks,
                                          "seed": cfg.seed, "as_of": cfg.as_of.isoformat()}})
@@ -346,3 +357,28 @@ def write_lake(
         for k, v in c.items():
             rows[k] = rows.get(k, 0) + v
     return rows
+
+
+def synth_lake(cfg: SynthConfig, url: str, cluster: Any, *,
+               storage_options: Mapping[str, Any] | None = None, progress: bool = False,
+               overwrite: bool = False) -> dict[str, int]:
+    """``preassign synth --out``: check the target, then :func:`write_lake` on a cluster.
+
+    Args:
+        cfg: what to generate.
+        url: the lake to write.
+        cluster: a :class:`preassign.cluster.ClusterSpec` (started and closed here).
+        storage_options: fsspec options for ``url``.
+        progress: draw Dask's progress bar.
+        overwrite: replace a synthetic lake written there before.
+
+    Returns:
+        Rows written per table.
+    """
+    from .compute import with_cluster
+    from .storage import SynthLake
+
+    SynthLake(url, storage_options, overwrite=overwrite).check_target()  # before a cluster
+    return with_cluster(cluster, lambda client: write_lake(
+        cfg, url, client=client, storage_options=storage_options, progress=progress,
+        overwrite=overwrite))

@@ -1,0 +1,1 @@
+"""Integration tests: real services, clusters, notebooks and browsers."""

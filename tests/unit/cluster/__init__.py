@@ -1,0 +1,1 @@
+"""Tests of preassign.cluster: configuration (no AWS), Fargate arguments, the stack."""
