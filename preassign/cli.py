@@ -118,6 +118,8 @@ def _setup_logging(level: str, logfile: str | None) -> None:
                   "aiobotocore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("bokeh").setLevel(logging.ERROR)  # dashboard host warnings
+    # p2p shuffles log their every start and stop at WARNING: not news for a user
+    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
 
 
 def _parse_date(_ctx: Any, param: click.Parameter, value: str | None) -> dt.date | None:
@@ -341,6 +343,10 @@ def extract(source: str | None, source_file: str | None, lake: str, users_per_pa
               show_default=True,
               help="Invalid rows in the lake: fail the run, or drop them, count them in "
                    "summary.json and write them with the reason to rejected/ in the output.")
+@click.option("--stock-aware", is_flag=True,
+              help="SPEC §6: what the boxes will be with the stock on hand (earlier dates "
+                   "first), in rounds until no snack is held by more boxes than its stock; "
+                   "writes reservations/ instead of shortage/. Needs the lake's stock table.")
 @click.option("--overwrite", is_flag=True, help="Replace a complete output already at --out.")
 @click.option("--users-per-partition", default=50_000, show_default=True,
               type=click.IntRange(min=1),
@@ -352,7 +358,8 @@ def extract(source: str | None, source_file: str | None, lake: str, users_per_pa
 def run(lake: str | None, source: str | None, source_file: str | None, do_extract: bool,
         incremental: bool | None,
         date_from: dt.date, date_to: dt.date | None, out: str,
-        overrides: tuple[str, ...], on_invalid: str, overwrite: bool, users_per_partition: int,
+        overrides: tuple[str, ...], on_invalid: str, stock_aware: bool, overwrite: bool,
+        users_per_partition: int,
         storage_option: tuple[str, ...], cluster_kind: str, workers: int | None,
         threads_per_worker: int | None, memory_limit: str | None, worker_cpu: int | None,
         worker_mem: int | None, adapt: str | None, image: str | None, loglevel: str,
@@ -380,7 +387,7 @@ def run(lake: str | None, source: str | None, source_file: str | None, do_extrac
     config = RunConfig(lake=lake, date_from=date_from, date_to=date_to or date_from, out=out,
                        params=params, storage_options=_storage_options(storage_option),
                        on_invalid=on_invalid, overwrite=overwrite,
-                       users_per_partition=users_per_partition)
+                       users_per_partition=users_per_partition, stock_aware=stock_aware)
     spec = _cluster_spec(cluster_kind, workers, threads_per_worker, memory_limit, worker_cpu,
                          worker_mem, adapt, image)
     first = None
@@ -403,6 +410,9 @@ def run(lake: str | None, source: str | None, source_file: str | None, do_extrac
 
 
 def _print_result(result: Any, top: int = 10) -> None:
+    import pandas as pd
+
+    from .core.rules import from_days
     from .report import list_shortages, rank_busiest_snacks
 
     s = result.summary
@@ -421,8 +431,24 @@ def _print_result(result: Any, top: int = 10) -> None:
                    + (f" (top {min(top, len(short))})" if len(short) else ""))
         if len(short):
             click.echo(short.head(top).to_string(index=False))
-    parts = "assignments/, demand/, " + ("shortage/, " if result.shortage is not None else "") + \
-        "snack_prior/, report.html, summary.json"
+    if result.reservations is not None:
+        res = result.reservations
+        lost = res[res["boxes_lost"] > 0].sort_values(["boxes_lost", "snack_id"],
+                                                      ascending=[False, True])
+        click.echo(f"\nStock-aware: {s['rounds']} rounds, {s['boxes_changed']:,} boxes changed, "
+                   f"{s['boxes_short_unconstrained']:,} short without stock limits; "
+                   f"{int(res['limited'].sum())} snacks limited by stock")
+        if len(lost):
+            cols = ["snack_id", "stock", "units_unconstrained", "units", "boxes_lost",
+                    "cutoff_on"]
+            shown = lost[cols].head(top).copy()
+            shown["cutoff_on"] = [("-" if pd.isna(d) else from_days(int(d)).isoformat())
+                                  for d in shown["cutoff_on"]]
+            click.echo(f"Boxes that lose a snack (top {min(top, len(lost))}):")
+            click.echo(shown.to_string(index=False))
+    kind = "shortage/, " if result.shortage is not None else \
+        "reservations/, " if result.reservations is not None else ""
+    parts = f"assignments/, demand/, {kind}snack_prior/, report.html, summary.json"
     click.echo(f"\nOutputs: {result.out}/ ({parts})")
 
 

@@ -10,6 +10,7 @@ clear error instead of a silent hang. Without a client it is ``dask.compute`` (t
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -18,12 +19,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import dask
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from .errors import InfrastructureError, PreassignError
 
 T = TypeVar("T")
 
-__all__ = ["STALL_SECONDS", "ClusterStalled", "compute", "with_cluster"]
+__all__ = ["STALL_SECONDS", "ClusterStalled", "QuietKnownErrors", "compute", "compute_futures",
+           "quiet_known_errors",
+           "with_cluster"]
 
 #: Seconds every worker may stay paused before a computation is stopped
 #: (``PREASSIGN_STALL_SECONDS`` changes it).
@@ -32,6 +36,62 @@ STALL_SECONDS = float(os.environ.get("PREASSIGN_STALL_SECONDS", "60"))
 
 class ClusterStalled(InfrastructureError):
     """Every worker stayed paused (memory above Dask's pause threshold): no progress."""
+
+
+def _known_error_names() -> set[str]:
+    names, todo = set(), [PreassignError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+class _KnownErrorFilter(logging.Filter):
+    """Drop worker log records that only repeat a failure the client reports.
+
+    * "Compute Failed" when the task raised one of our known errors (an invalid value, a
+      missing column): it is raised again on the client, where the command prints it once
+      as ``Error: ...``; the worker's copy with its traceback would bury that line.
+    * A task cancelled because the computation already failed ("ended with
+      CancelledError"), logged while the cluster shuts down.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        args = record.args if isinstance(record.args, tuple) else ()
+        if msg.startswith("Compute Failed") and len(args) >= 4:
+            exception = str(args[3]).lstrip("'\"")
+            return exception.split("(", 1)[0] not in _known_error_names()
+        return "ended with CancelledError" not in record.getMessage()
+
+
+class QuietKnownErrors(WorkerPlugin):
+    """A worker plugin that keeps known input errors out of the workers' error logs.
+
+    Installed by :func:`compute` on every client it computes with (the Fargate image has
+    preassign installed, so the plugin unpickles on its workers too).
+    """
+
+    name = "preassign-quiet-known-errors"
+
+    def setup(self, worker: Any) -> None:
+        """Add the filter to the worker's loggers."""
+        for name in ("distributed.worker", "distributed.worker.state_machine"):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _KnownErrorFilter) for f in logger.filters):
+                logger.addFilter(_KnownErrorFilter())
+
+    def teardown(self, worker: Any) -> None:
+        """Nothing to release (the filter goes with the worker process)."""
+
+
+def quiet_known_errors(client: Any) -> None:
+    """Install :class:`QuietKnownErrors` on the client's workers (once per client)."""
+    if getattr(client, "_preassign_quiet", False):
+        return
+    client.register_plugin(QuietKnownErrors(), name=QuietKnownErrors.name)
+    client._preassign_quiet = True
 
 
 class _Watchdog(threading.Thread):
@@ -83,7 +143,18 @@ def compute(client: Any, collections: Sequence[Any], progress: bool = False) -> 
     """
     if client is None:
         return list(dask.compute(*collections))
-    futures = client.compute(list(collections))
+    quiet_known_errors(client)
+    return compute_futures(client, client.compute(list(collections)), progress)
+
+
+def compute_futures(client: Any, futures: Sequence[Any], progress: bool = False) -> list[Any]:
+    """Gather submitted futures with :func:`compute`'s progress bar and stall watchdog.
+
+    Raises:
+        ClusterStalled: every worker stayed paused for :data:`STALL_SECONDS`.
+    """
+    quiet_known_errors(client)
+    futures = list(futures)
     watchdog = _Watchdog(client, futures, STALL_SECONDS)
     watchdog.start()
     try:

@@ -37,7 +37,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .core import rules
@@ -54,7 +53,7 @@ from .core.dense import (
 from .core.params import Params
 from .core.partition import prepare_partition
 from .core.rules import STAGES, jitter, snack_prior
-from .lake import Lake, load_catalog, open_lake, table_schema
+from .lake import Lake, load_catalog, open_lake, read_table_files
 from .storage import open_location
 
 __all__ = ["explain_box", "first_assigned_user", "EXPLAIN_COLUMNS"]
@@ -134,13 +133,9 @@ def _scan(lake: Lake, name: str, files: list[str], user_id: int | None = None) -
     """Raw rows of one table from ``files`` (all of them, or one user's)."""
     if not files:
         return empty_table(name)
-    dataset = ds.dataset(files, schema=table_schema(lake, name, files), filesystem=lake.fs,
-                         format="parquet")
-    where = None if user_id is None else pc.field("user_id") == pa.scalar(user_id, pa.int64())
-    try:
-        table = dataset.to_table(filter=where)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise LakeError(f"cannot read table {name!r} of lake {lake.url!r}: {exc}") from exc
+    table = read_table_files(lake, name, files)
+    if user_id is not None:
+        table = table.filter(pc.equal(table["user_id"], pa.scalar(user_id, pa.int64())))
     return table.to_pandas(types_mapper=pd.ArrowDtype)
 
 

@@ -49,6 +49,9 @@ from .core.contract import (
     USER_KEYED,
     InvalidValues,
     LakeError,
+    canonical_schema,
+    canonical_table,
+    check_file_schema,
     dedupe_keyed,
     empty_table,
     normalize_table,
@@ -71,7 +74,8 @@ __all__ = [
     "load_catalog",
     "read_small_table",
     "read_user_tables",
-    "table_schema",
+    "read_file",
+    "read_table_files",
     "write_user_partition",
     "write_small_table",
     "write_manifest",
@@ -276,21 +280,57 @@ def protected_locations(url: str, storage_options: Mapping[str, Any] | None = No
     return out
 
 
-def _read_file(lake: Lake, path: str, columns: list[str]) -> pd.DataFrame:
+def read_file(fs: Any, path: str, name: str, where: str,
+              reference: pa.Schema | None = None) -> pa.Table:
+    """One Parquet file of table ``name``: its required columns, cast to the canonical types.
+
+    Args:
+        fs: the lake's filesystem.
+        path: the file's path on ``fs``.
+        name: the table of SPEC §2.
+        where: the file as the user knows it (a URL), for messages.
+        reference: another file's schema of the table, named in a type error.
+
+    Raises:
+        LakeError: the file is not readable Parquet (empty, truncated, garbage), lacks a
+            required column, or stores one as a type that cannot hold its values.
+    """
+    wanted = list(TABLES[name].columns)
     try:
-        with lake.fs.open(path, "rb") as f:
+        with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             have = set(pf.schema_arrow.names)
-            table = pf.read(columns=[c for c in columns if c in have])
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise LakeError(f"cannot read Parquet file {lake.full_path(path)!r}: {exc}") from exc
-    return table.to_pandas(types_mapper=pd.ArrowDtype)
+            table = pf.read(columns=[c for c in wanted if c in have])
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise LakeError(f"cannot read Parquet file {where!r} of table {name!r}: {exc}") from exc
+    return canonical_table(name, table, where, reference)
+
+
+def _file_schema(lake: Lake, path: str, name: str) -> pa.Schema:
+    try:
+        with lake.fs.open(path, "rb") as f:
+            return pq.read_schema(f)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise LakeError(f"cannot read Parquet file {lake.full_path(path)!r} of table "
+                        f"{name!r}: {exc}") from exc
+
+
+def read_table_files(lake: Lake, name: str, files: list[str] | None = None) -> pa.Table:
+    """Files of table ``name`` (default: all), read and concatenated in canonical types."""
+    files = lake.files(name) if files is None else files
+    if not files:
+        return canonical_schema(name).empty_table()
+    reference = _file_schema(lake, files[0], name)
+    return pa.concat_tables([read_file(lake.fs, f, name, lake.full_path(f), reference)
+                             for f in files])
 
 
 def read_small_table(lake: Lake, name: str) -> list[pd.DataFrame]:
-    """Read a snack-keyed table file by file (raw types; normalise each one)."""
-    cols = list(TABLES[name].columns)
-    return [_read_file(lake, f, cols) for f in lake.files(name)]
+    """Read a snack-keyed table file by file, in canonical types (normalise each one)."""
+    files = lake.files(name)
+    reference = _file_schema(lake, files[0], name) if files else None
+    return [read_file(lake.fs, f, name, lake.full_path(f), reference)
+            .to_pandas(types_mapper=pd.ArrowDtype) for f in files]
 
 
 def _concat_normalized(name: str, parts: list[pd.DataFrame], on_invalid: str,
@@ -335,57 +375,31 @@ def load_catalog(
     return catalog, stock, rows, problems
 
 
-def table_schema(lake: Lake, name: str, files: list[str]) -> pa.Schema | None:
-    """A table's required columns as typed in its first file, integers widened to int64.
+def _read_partition(path: str, where: str, *, fs: Any, name: str,
+                    reference: pa.Schema | None) -> pd.DataFrame:
+    return read_file(fs, path, name, where, reference).to_pandas(types_mapper=pd.ArrowDtype)
 
-    ``None`` for a table without files.
 
-    Raises:
-        LakeError: the first file is not Parquet or lacks a required column.
-    """
-    if not files:
-        return None
-    try:
-        with lake.fs.open(files[0], "rb") as f:
-            schema = pq.read_schema(f)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise LakeError(f"cannot read Parquet file {lake.full_path(files[0])!r}: {exc}") from exc
-    missing = [c for c in TABLES[name].columns if c not in schema.names]
-    if missing:
-        raise LakeError(
-            f"table {name!r} is missing required column(s) {', '.join(missing)} in "
-            f"{lake.full_path(files[0])!r} (columns present: {', '.join(schema.names)})"
-        )
-    fields = []
-    for col in TABLES[name].columns:
-        field = schema.field(col)
-        if pa.types.is_integer(field.type):
-            field = field.with_type(pa.int64())
-        fields.append(field)
-    return pa.schema(fields)
+def _raw_meta(name: str) -> pd.DataFrame:
+    return canonical_schema(name).empty_table().to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def _read_table(lake: Lake, name: str, files: list[str]) -> dd.DataFrame:
-    cols = list(TABLES[name].columns)
-    schema = table_schema(lake, name, files)
-    if schema is None:
-        return dd.from_pandas(empty_table(name), npartitions=1)
-    return dd.read_parquet(
-        [lake.full_path(f) for f in files],
-        columns=cols,
-        index=False,
-        calculate_divisions=False,
-        split_row_groups=False,
-        dataset={"schema": schema, "partitioning": None},
-        storage_options=lake.storage_options,
-    )
+    """One partition per file, each cast to the canonical types as it is read.
+
+    So files that differ in physical types concatenate and shuffle.
+    """
+    if not files:
+        return dd.from_pandas(_raw_meta(name), npartitions=1)
+    return dd.from_map(_read_partition, files, [lake.full_path(f) for f in files],
+                       fs=lake.fs, name=name, reference=_file_schema(lake, files[0], name),
+                       meta=_raw_meta(name), label=f"read-{name}", enforce_metadata=True)
 
 
 def _shuffle_key(df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``_part``: the user id as int64 (null -> -1), the same in every table."""
-    values = pd.to_numeric(df["user_id"], errors="coerce")
-    key = values.fillna(-1).to_numpy(np.float64 if values.dtype.kind == "f" else None)
-    return df.assign(_part=np.asarray(key).astype(np.int64))
+    """Add ``_part``: the user id (canonical int64; null -> -1), the same in every table."""
+    key = df["user_id"].to_numpy(dtype=np.int64, na_value=-1)
+    return df.assign(_part=key)
 
 
 def read_user_tables(
@@ -404,11 +418,23 @@ def read_user_tables(
         if len(set(counts.values())) != 1:  # pragma: no cover - guarded by file names above
             raise LakeError(f"lake {lake.url!r}: partition counts differ: {counts}")
         return frames, "co-partitioned"
-    raw = {name: _read_table(lake, name, lake.files(name)) for name in USER_KEYED}
+    # Every file's footer first: a missing column, a wrong type or an unreadable file is
+    # found here, never inside the shuffle (a task failing mid-shuffle leaves Dask's
+    # shuffle machinery logging errors of its own).
+    files = {name: lake.files(name) for name in USER_KEYED}
+    for name, paths in files.items():
+        schemas = [_file_schema(lake, path, name) for path in paths]
+        for path, schema in zip(paths, schemas, strict=True):
+            check_file_schema(name, schema, lake.full_path(path), schemas[0])
+    raw = {name: _read_table(lake, name, files[name]) for name in USER_KEYED}
     n_users = 0
     for path in lake.files("users"):
-        with lake.fs.open(path, "rb") as f:
-            n_users += pq.read_metadata(f).num_rows
+        try:
+            with lake.fs.open(path, "rb") as f:
+                n_users += pq.read_metadata(f).num_rows
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise LakeError(f"cannot read Parquet file {lake.full_path(path)!r} of table "
+                            f"'users': {exc}") from exc
     npartitions = max(1, math.ceil(n_users / users_per_partition))
     frames = {}
     for name, frame in raw.items():

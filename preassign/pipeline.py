@@ -31,19 +31,27 @@ import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from .compute import compute
 from .core.catalog import SnackCatalog
 from .core.contract import USER_KEYED, check_user_range
-from .core.demand import DEMAND_COLUMNS, combine_demand, compute_shortage, count_demand
+from .core.demand import combine_demand, compute_shortage, count_demand
 from .core.dense import ASSIGNMENT_COLUMNS
 from .core.engine import get_engine
 from .core.params import Params
 from .core.partition import PartitionStats, prepare_partition, target_mask, targeted_by_day
-from .core.rules import STAGES, snack_prior
-from .errors import UsageError
+from .core.rules import snack_prior
+from .errors import InputError, UsageError
 from .lake import Lake, load_catalog, open_lake, protected_locations, read_user_tables
+from .outputs import (
+    ASSIGNMENT_SCHEMA,
+    DEMAND_SCHEMA,
+    PRIOR_SCHEMA,
+    RESERVATION_SCHEMA,
+    SHORTAGE_SCHEMA,
+    assignment_output,
+    days_to_arrow_dates,
+)
 from .report import render_report
 from .storage import RunOutput
 from .summary import build_summary, cluster_info, package_versions
@@ -63,27 +71,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ASSIGNMENT_SCHEMA = pa.schema(
-    [
-        ("delivery_on", pa.date32()),
-        ("user_id", pa.int64()),
-        ("slot", pa.int32()),
-        ("snack_id", pa.int64()),
-        ("stage", pa.string()),
-    ]
-)
-DEMAND_SCHEMA = pa.schema(
-    [("delivery_on", pa.date32()), ("snack_id", pa.int64())]
-    + [(c, pa.int64()) for c in DEMAND_COLUMNS]
-)
-SHORTAGE_SCHEMA = pa.schema(
-    [("snack_id", pa.int64()), ("units", pa.int64()), ("stock", pa.int64()),
-     ("shortage", pa.int64())]
-)
-PRIOR_SCHEMA = pa.schema(
-    [("snack_id", pa.int64()), ("genre", pa.string()), ("ratings_count", pa.int64()),
-     ("ratings_sum", pa.int64()), ("prior", pa.float64())]
-)
 #: The engines' assignment frame, empty: the ``meta`` of the assigned Dask frame.
 ASSIGNMENT_META = pd.DataFrame(
     {
@@ -92,7 +79,7 @@ ASSIGNMENT_META = pd.DataFrame(
         "slot": np.zeros(0, np.int16),
         "snack_id": np.zeros(0, np.int64),
         "stage": np.zeros(0, np.int8),
-        "box_size": np.zeros(0, np.int16),
+        "box_size": np.zeros(0, np.int64),
     }
 )[list(ASSIGNMENT_COLUMNS)]
 
@@ -121,6 +108,7 @@ class RunConfig:
     overwrite: bool = False
     users_per_partition: int = 50_000
     engine: str = "numba"
+    stock_aware: bool = False
 
     def __post_init__(self) -> None:
         """Check the values (a :class:`~preassign.errors.UsageError` names the bad one)."""
@@ -139,6 +127,7 @@ class RunResult:
     summary: dict[str, Any]
     demand: pd.DataFrame
     shortage: pd.DataFrame | None
+    reservations: pd.DataFrame | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,25 +226,6 @@ def table_counts(names: Sequence[str], input_rows: Mapping[str, int],
         "input_rows": np.array([input_rows[n] for n in names], np.int64),
         "orphan_rows": np.array([orphan_rows[n] for n in names], np.int64),
     })
-
-
-def _days_to_arrow_dates(days: np.ndarray | pd.Series) -> pd.Series:
-    arr = pa.array(np.asarray(days, np.int32), pa.int32()).cast(pa.date32())
-    return pd.Series(pd.arrays.ArrowExtensionArray(arr))
-
-
-def assignment_output(frame: pd.DataFrame) -> pd.DataFrame:
-    """The engines' assignment frame in the SPEC §4 layout of ``assignments/``."""
-    stage = pa.array(np.array(STAGES, dtype=object)[frame["stage"].to_numpy(np.int64)], pa.string())
-    return pd.DataFrame(
-        {
-            "delivery_on": _days_to_arrow_dates(frame["delivery_on"].to_numpy()).array,
-            "user_id": frame["user_id"].to_numpy(np.int64),
-            "slot": frame["slot"].to_numpy(np.int32),
-            "snack_id": frame["snack_id"].to_numpy(np.int64),
-            "stage": pd.arrays.ArrowExtensionArray(stage),
-        }
-    )
 
 
 def _full_boxes_by_day(frame: pd.DataFrame) -> pd.DataFrame:
@@ -387,6 +357,8 @@ def _run(config: RunConfig, client: Any, output: RunOutput, progress: bool,
             on_stage(stage, seconds[stage])
         return time.perf_counter()
 
+    if config.stock_aware:
+        return _run_stock_aware(config, client, output, progress, done, seconds, started)
     t = time.perf_counter()
     lake = open_lake(config.lake, config.storage_options)
     fingerprint = lake.fingerprint()
@@ -407,31 +379,92 @@ def _run(config: RunConfig, client: Any, output: RunOutput, progress: bool,
         demand, full_by_day = _assign(config, client, output, lake, layout, frames, catalog,
                                       prior, stats, progress)
         t = done("assign", t)
-        t_pub = t
         shortage = compute_shortage(demand, stock) if stock is not None else None
-        _write_tables(output, demand, shortage, {**rejected_small, **stats.rejected}, catalog,
-                      stats, prior)
         summary = build_summary(config, stats, small_rows, problems, demand, shortage,
                                 full_by_day,
                                 {"url": lake.url, "layout": layout, "partitions": npart},
                                 fingerprint)
-        summary.update(stage_seconds={}, cluster=cluster_info(client),
-                       versions=package_versions(), run_id=output.run_id, finished_at=None)
-        seconds["total"] = round(time.perf_counter() - started, 3)
-        summary["stage_seconds"] = dict(seconds)
-        summary["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        t_report = time.perf_counter()
-        summary["stage_seconds"]["report"] = 0.0
-        html = render_report(summary, demand, shortage)
-        summary["stage_seconds"]["report"] = round(time.perf_counter() - t_report, 3)
-        output.write_bytes("report.html", html.encode("utf-8"))
-        output.write_json("summary.json", summary)
-        output.publish()
-        done("publish", t_pub)
+        _publish(output, client, summary, demand, shortage, None,
+                 {**rejected_small, **stats.rejected}, catalog, stats, prior, seconds, started,
+                 done, t)
     except BaseException:
         output.discard()
         raise
     return RunResult(out=config.out, summary=summary, demand=demand, shortage=shortage)
+
+
+def _run_stock_aware(config: RunConfig, client: Any, output: RunOutput, progress: bool,
+                     done: Callable[[str, float], float], seconds: dict[str, float],
+                     started: float) -> RunResult:
+    """SPEC §6 through a :class:`preassign.session.Session` opened on the run's lake."""
+    from .session import Session, write_assignments
+
+    t = time.perf_counter()
+    session = Session(config.lake, client, config.date_from, config.date_to,
+                      storage_options=config.storage_options, on_invalid=config.on_invalid,
+                      engine=config.engine, users_per_partition=config.users_per_partition,
+                      progress=progress)
+    try:
+        if session.stock is None:
+            raise InputError(
+                f"a stock-aware run needs the lake's table 'stock' (snack_id, quantity): the "
+                f"lake {config.lake!r} has none; add it, or run without --stock-aware")
+        seconds["read"] = session.seconds["read"]
+        t = done("scan", t)  # reading and preparing every partition once
+
+        def round_done(number: int, moved: int) -> None:
+            log.info("event=stock_round round=%d cutoffs_moved=%d", number, moved)
+            if progress:
+                print(f"round {number}: {moved} cutoff(s) moved", flush=True)
+
+        output.discard()
+        try:
+            result = session.run(config.params, stock_aware=True, on_round=round_done)
+            t = done("assign", t)
+            write_assignments(session, result, output.staging_url("assignments"),
+                              config.storage_options)
+            stats = result.stats
+            summary = build_summary(
+                config, stats, session.small_rows, session.problems_found, result.demand,
+                None, result.summary["full_by_day"],
+                {"url": session.lake.url, "layout": session.layout,
+                 "partitions": session.partitions}, session.fingerprint)
+            summary.update(snacks_short=None, stock_aware=True,
+                           **{k: result.summary[k] for k in (
+                               "rounds", "boxes_changed", "boxes_short_unconstrained",
+                               "units_unconstrained", "snacks_limited")})
+            _publish(output, client, summary, result.demand, None, result.reservations,
+                     {**session.rejected_small, **stats.rejected}, session.catalog, stats,
+                     result.prior, seconds, started, done, t)
+        except BaseException:
+            output.discard()
+            raise
+    finally:
+        session.close()
+    return RunResult(out=config.out, summary=summary, demand=result.demand, shortage=None,
+                     reservations=result.reservations)
+
+
+def _publish(output: RunOutput, client: Any, summary: dict[str, Any], demand: pd.DataFrame,
+             shortage: pd.DataFrame | None, reservations: pd.DataFrame | None,
+             rejected: Mapping[str, list[pd.DataFrame]], catalog: SnackCatalog,
+             stats: PartitionStats, prior: np.ndarray, seconds: dict[str, float],
+             started: float, done: Callable[[str, float], float], t_pub: float) -> None:
+    """Stage the small outputs, the summary and the report; publish everything at once."""
+    _write_tables(output, demand, shortage, reservations, rejected, catalog, stats, prior)
+    summary.update(stage_seconds={}, cluster=cluster_info(client), versions=package_versions(),
+                   run_id=output.run_id, finished_at=None)
+    seconds["total"] = round(time.perf_counter() - started, 3)
+    summary["stage_seconds"] = dict(seconds)
+    summary["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    t_report = time.perf_counter()
+    summary["stage_seconds"]["report"] = 0.0
+    html = render_report(summary, demand, shortage)
+    summary["stage_seconds"]["report"] = round(time.perf_counter() - t_report, 3)
+    output.write_bytes("report.html", html.encode("utf-8"))
+    output.write_json("summary.json", summary)
+    output.publish()
+    done("publish", t_pub)
 
 
 def _partition_bounds(lake: Lake, layout: str, i: int) -> tuple[int, int] | None:
@@ -507,13 +540,17 @@ def _assign(config: RunConfig, client: Any, output: RunOutput, lake: Lake, layou
 
 
 def _write_tables(output: RunOutput, demand: pd.DataFrame, shortage: pd.DataFrame | None,
-                  rejected: Mapping[str, list[pd.DataFrame]], catalog: SnackCatalog,
-                  stats: PartitionStats, prior: np.ndarray) -> None:
-    """Stage the small outputs: demand, shortage, rejected rows, the snack prior."""
-    demand_out = demand.assign(delivery_on=_days_to_arrow_dates(demand["delivery_on"]).array)
+                  reservations: pd.DataFrame | None, rejected: Mapping[str, list[pd.DataFrame]],
+                  catalog: SnackCatalog, stats: PartitionStats, prior: np.ndarray) -> None:
+    """Stage the small outputs: demand, shortage or reservations, rejected rows, the prior."""
+    demand_out = demand.assign(delivery_on=days_to_arrow_dates(demand["delivery_on"]).array)
     output.write_frame("demand/part.0.parquet", demand_out, DEMAND_SCHEMA)
     if shortage is not None:
         output.write_frame("shortage/part.0.parquet", shortage, SHORTAGE_SCHEMA)
+    if reservations is not None:
+        out = reservations.assign(cutoff_on=days_to_arrow_dates(
+            reservations["cutoff_on"].to_numpy(dtype=np.float64, na_value=np.nan)).array)
+        output.write_frame("reservations/part.0.parquet", out, RESERVATION_SCHEMA)
     for name, frames in rejected.items():
         output.write_frame(f"rejected/{name}/part.0.parquet", pd.concat(frames, ignore_index=True))
     output.write_frame("snack_prior/part.0.parquet", pd.DataFrame({

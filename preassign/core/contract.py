@@ -13,7 +13,8 @@ goes through :func:`normalize_table`, which
 Normalised forms: ids ``int64``; dates ``int32`` days since 1970-01-01 with
 :data:`NO_DATE` for null; timestamps ``int64`` nanoseconds since the epoch, UTC;
 ``rating`` ``int8``; ``status`` ``int8`` codes (:data:`STATUSES`); strings as
-Python ``str`` objects; ``box_size`` ``int32`` with 0 for null.
+Python ``str`` objects; ``box_size`` ``int64`` with 0 for null (any size a user may store:
+a box larger than the eligible snacks simply ends short).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 from ..errors import InputError
 
@@ -39,6 +41,10 @@ __all__ = [
     "empty_table",
     "dedupe_keyed",
     "check_user_range",
+    "CANONICAL_TYPES",
+    "canonical_schema",
+    "canonical_table",
+    "check_file_schema",
 ]
 
 NO_DATE = np.iinfo(np.int32).min
@@ -143,6 +149,168 @@ def empty_table(name: str) -> pd.DataFrame:
         else:
             cols[col] = np.empty(0, dtype=object)
     return pd.DataFrame(cols)
+
+
+# --------------------------------------------------------------------------------------------
+# one physical type per column: each file is cast to it as it is read
+
+#: The Arrow type every file's column is cast to, by logical kind: files of one table may
+#: use int32 or int64 ids, any timestamp unit or time zone, dictionary or plain strings;
+#: after :func:`canonical_table` they all agree, so they concatenate and shuffle.
+CANONICAL_TYPES: dict[str, pa.DataType] = {
+    "id": pa.int64(),
+    "int": pa.int64(),
+    "str": pa.string(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("ns"),
+    "list": pa.list_(pa.string()),
+}
+
+_EXPECTED = {
+    "id": "an integer id",
+    "int": "an integer",
+    "str": "a string",
+    "date": "a date (date32)",
+    "timestamp": "a timestamp",
+    "list": "a list of strings",
+}
+
+
+def canonical_schema(name: str) -> pa.Schema:
+    """The required columns of table ``name`` with their canonical Arrow types."""
+    return pa.schema([(col, CANONICAL_TYPES[kind]) for col, kind in TABLES[name].columns.items()])
+
+
+def _string_like(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (pa.types.is_string(t) or pa.types.is_large_string(t)
+            or pa.types.is_string_view(t))
+
+
+def _castable(kind: str, t: pa.DataType) -> bool:
+    """Whether a column stored as ``t`` can hold values of the logical ``kind``."""
+    if pa.types.is_null(t):
+        return True
+    if kind in ("id", "int"):
+        return pa.types.is_integer(t) or pa.types.is_floating(t) or (
+            pa.types.is_decimal(t) and t.scale == 0)
+    if kind == "str":
+        return _string_like(t)
+    if kind == "date":
+        return pa.types.is_date(t) or pa.types.is_timestamp(t)
+    if kind == "timestamp":
+        return pa.types.is_timestamp(t) or pa.types.is_date(t)
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)
+            or pa.types.is_fixed_size_list(t)) and (
+        _string_like(t.value_type) or pa.types.is_null(t.value_type))
+
+
+def _to_canonical(name: str, col: str, kind: str, arr: pa.Array, where: str) -> pa.Array:
+    t = arr.type
+    if pa.types.is_null(t):
+        return pa.nulls(len(arr), CANONICAL_TYPES[kind])
+    if pa.types.is_dictionary(t):
+        arr = arr.dictionary_decode()
+        t = arr.type
+    if kind in ("id", "int"):
+        if pa.types.is_floating(t):
+            values = arr.to_numpy(zero_copy_only=False)
+            nulls = np.isnan(values) | arr.is_null().to_numpy(zero_copy_only=False)
+            frac = ~nulls & (np.floor(values) != values)
+            if frac.any():
+                raise LakeError(
+                    f"table {name!r}, column {col!r}: expected integers, found "
+                    f"{int(frac.sum())} non-integral values (e.g. {values[frac][0]!r}) in "
+                    f"file {where!r}")
+            big = ~nulls & (np.abs(values) >= 2.0**63)
+            if big.any():
+                raise _out_of_range(name, col, where, values[big][0])
+            return pa.array(np.where(nulls, 0, values).astype(np.int64), pa.int64(),
+                            mask=nulls)
+        try:
+            return arr.cast(pa.int64())
+        except (pa.ArrowInvalid, OverflowError) as exc:
+            raise _out_of_range(name, col, where, exc) from None
+    if kind == "str":
+        return arr.cast(pa.string())
+    if kind == "date":
+        if pa.types.is_timestamp(t):
+            arr = arr.cast(pa.timestamp(t.unit))  # the UTC instant: its UTC date
+        return arr.cast(pa.date32())
+    if kind == "timestamp":
+        if pa.types.is_date(t):
+            arr = arr.cast(pa.date32()).cast(pa.timestamp("s"))  # midnight UTC
+            t = arr.type
+        try:  # dropping the zone keeps the UTC instant (SPEC §2: values are UTC)
+            return arr.cast(pa.timestamp(t.unit)).cast(pa.timestamp("ns"))
+        except pa.ArrowInvalid:
+            bad = arr.cast(pa.timestamp(t.unit))
+            raise LakeError(
+                f"table {name!r}, column {col!r}: file {where!r} holds timestamps outside "
+                "the years 1678-2261 that preassign handles (nanoseconds since 1970 in 64 "
+                f"bits), e.g. {pa.compute.min_max(bad)['max'].as_py()!r}") from None
+    return arr.cast(pa.list_(pa.string()))
+
+
+def _out_of_range(name: str, col: str, where: str, example: object) -> LakeError:
+    return LakeError(
+        f"table {name!r}, column {col!r}: file {where!r} holds a value outside the 64-bit "
+        f"integers preassign handles ({example})")
+
+
+def check_file_schema(name: str, schema: pa.Schema, where: str,
+                      reference: pa.Schema | None = None) -> None:
+    """Check one file's schema: every required column there, in a type that can hold it.
+
+    Args:
+        name: the table of SPEC §2.
+        schema: the file's schema.
+        where: the file, for messages.
+        reference: another file's schema of the same table, named in a type error.
+
+    Raises:
+        LakeError: naming the table, the column, the file and the types found.
+    """
+    spec = TABLES[name]
+    missing = [c for c in spec.columns if c not in schema.names]
+    if missing:
+        raise LakeError(
+            f"table {name!r} is missing required column(s) {', '.join(missing)} in file "
+            f"{where!r} (columns present: {', '.join(schema.names) or 'none'})")
+    for col, kind in spec.columns.items():
+        t = schema.field(col).type
+        if _castable(kind, t):
+            continue
+        other = ""
+        if reference is not None and col in reference.names and reference.field(col).type != t:
+            other = f", while other files of the table store {reference.field(col).type}"
+        raise LakeError(
+            f"table {name!r}, column {col!r}: expected {_EXPECTED[kind]}, found type {t} in "
+            f"file {where!r}{other}; rewrite the column with the type of SPEC §2")
+
+
+def canonical_table(name: str, table: pa.Table, where: str,
+                    reference: pa.Schema | None = None) -> pa.Table:
+    """Cast one file's required columns to their canonical types (extra columns dropped).
+
+    Args:
+        name: the table of SPEC §2.
+        table: what the file holds (any physical types).
+        where: the file, for messages.
+        reference: another file's schema of the same table, named in a type error.
+
+    Raises:
+        LakeError: a required column is missing, or stored as a type that cannot hold its
+            values (naming the table, column, file and the types found).
+    """
+    check_file_schema(name, table.schema, where, reference)
+    arrays = []
+    for col, kind in TABLES[name].columns.items():
+        chunks = [_to_canonical(name, col, kind, chunk, where)
+                  for chunk in table.column(col).chunks]
+        arrays.append(pa.chunked_array(chunks, CANONICAL_TYPES[kind]))
+    return pa.Table.from_arrays(arrays, schema=canonical_schema(name))
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +532,7 @@ def normalize_table(
             elif col in ("status",):
                 out[col] = np.zeros(0, np.int8)
             elif col == "box_size":
-                out[col] = np.zeros(0, np.int32)
+                out[col] = np.zeros(0, np.int64)
             continue
         if kind in ("id", "int"):
             values, nulls = _to_int(name, col, kind, series)
@@ -381,7 +549,7 @@ def normalize_table(
         out[col] = values
         if col == "box_size":
             flag(col, ~nulls & (values < 1), "have a box size below 1")
-            out[col] = np.where(nulls, 0, values).astype(np.int32)
+            out[col] = np.where(nulls, 0, values).astype(np.int64)
         elif col == "rating":
             flag(col, ~nulls & ((values < 1) | (values > 4)), "have a rating outside 1-4")
             out[col] = np.clip(values, 0, 4).astype(np.int8)

@@ -38,6 +38,7 @@ from . import rules
 from .catalog import SnackCatalog, favorite_matrix, lookup, name_positions
 from .params import Params
 from .partition import select_targets
+from .stock import Cutoffs, available, box_keys
 
 __all__ = [
     "ASSIGNMENT_COLUMNS",
@@ -63,7 +64,7 @@ class UserState:
 
     user_id: np.ndarray  # (U,) int64, ascending
     delivery_on: np.ndarray  # (U,) int32 days
-    box_size: np.ndarray  # (U,) int32
+    box_size: np.ndarray  # (U,) int64
     rating: np.ndarray  # (U, S) int8, 0 = never rated
     delivered_ever: np.ndarray  # (U, S) bool
     delivered_recent: np.ndarray  # (U, S) bool, inside the user's repeat window
@@ -79,6 +80,20 @@ class UserState:
     def n_users(self) -> int:
         """Number of target users in the partition."""
         return len(self.user_id)
+
+    def take(self, rows: np.ndarray) -> UserState:
+        """The state of the users at ``rows`` only (same column order)."""
+        rows = np.asarray(rows, np.int64)
+        new_row = np.full(self.n_users, -1, np.int64)
+        new_row[rows] = np.arange(len(rows))
+        keep = new_row[self.request_row] >= 0
+        return UserState(
+            user_id=self.user_id[rows], delivery_on=self.delivery_on[rows],
+            box_size=self.box_size[rows], rating=self.rating[rows],
+            delivered_ever=self.delivered_ever[rows], delivered_recent=self.delivered_recent[rows],
+            ng=self.ng[rows], conflict=self.conflict[rows], favorite=self.favorite[rows],
+            affinity=self.affinity[rows], request_row=new_row[self.request_row[keep]],
+            request_col=self.request_col[keep], request_at=self.request_at[keep])
 
 
 def latest_ratings(ratings: pd.DataFrame) -> pd.DataFrame:
@@ -287,10 +302,11 @@ def _select(
     return row, col, pos
 
 
-def eligible_matrix(state: UserState, catalog: SnackCatalog) -> np.ndarray:
-    """Eligibility rules 1-5 of SPEC §3 per (user, snack)."""
+def eligible_matrix(state: UserState, catalog: SnackCatalog,
+                    cutoffs: Cutoffs | None = None) -> np.ndarray:
+    """Eligibility rules 1-5 of SPEC §3 per (user, snack), and SPEC §6's availability."""
     d = state.delivery_on[:, None].astype(np.int64)
-    return (
+    eligible = (
         rules.in_lineup(catalog.launched_on[None, :].astype(np.int64),
                         catalog.retired_on[None, :].astype(np.int64), d)
         & ~state.ng
@@ -298,10 +314,16 @@ def eligible_matrix(state: UserState, catalog: SnackCatalog) -> np.ndarray:
         & (state.rating != rules.DISLIKE)
         & ~state.delivered_recent
     )
+    if cutoffs is not None and cutoffs.limited.any():
+        day, jit, uid = box_keys(state.user_id, state.delivery_on)
+        eligible &= available(cutoffs, np.arange(catalog.size)[None, :], day[:, None],
+                              jit[:, None], uid[:, None])
+    return eligible
 
 
 def assign_snacks(
-    state: UserState, catalog: SnackCatalog, prior: np.ndarray, params: Params
+    state: UserState, catalog: SnackCatalog, prior: np.ndarray, params: Params,
+    cutoffs: Cutoffs | None = None, users: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Fill every target user's box in the four stages of SPEC §3.
 
@@ -310,17 +332,22 @@ def assign_snacks(
         catalog: the snack catalog (column order = snack id ascending).
         prior: prior(s) per catalog column.
         params: rule parameters.
+        cutoffs: SPEC §6 cutoffs: a limited snack is ineligible for the boxes after its
+            cutoff (None: every snack available).
+        users: fill only these users' boxes (bool per user; None: all).
 
     Returns:
         The engines' assignment frame (:data:`ASSIGNMENT_COLUMNS`): one row per chosen
         snack, ``delivery_on`` as int32 days, ``stage`` as the index into
         :data:`preassign.core.rules.STAGES`, ``box_size`` K; ordered by user and slot.
     """
+    if users is not None:
+        state = state.take(np.flatnonzero(users))
     n_u, n_s, n_g = state.n_users, catalog.size, len(catalog.genres)
     cap = params.max_per_genre
     bits = key_bits(n_s)
     k = state.box_size.astype(np.int64)
-    eligible = eligible_matrix(state, catalog)
+    eligible = eligible_matrix(state, catalog, cutoffs)
     genre_cols = [np.flatnonzero(catalog.genre == g) for g in range(n_g)]
     chosen = np.zeros((n_u, n_s), bool)
     genre_count = np.zeros((n_u, n_g), np.int64)
@@ -380,7 +407,7 @@ def assignment_frame(user_id: np.ndarray, delivery_on: np.ndarray, box_size: np.
             "slot": slot.astype(np.int16),
             "snack_id": catalog.snack_id[col] if catalog.size else np.zeros(0, np.int64),
             "stage": stage.astype(np.int8),
-            "box_size": box_size[row].astype(np.int16),
+            "box_size": box_size[row].astype(np.int64),
         }
     )
 

@@ -50,6 +50,8 @@ _NG = 4
 _CHOSEN = 8
 _SEEN = 16
 _OFFERED = 32
+_UNAVAILABLE = 64  # SPEC §6: the snack's cutoff excludes this box
+_TOP = np.iinfo(np.int64).max
 
 
 @njit(cache=True, nogil=True)
@@ -90,7 +92,7 @@ def _eligible(c, d, u, launched, retired, flags, rating, ing_words, avoid_words,
     """Rules 1-5 of SPEC §3 for snack column c and the current user."""
     if not rules.in_lineup(np.int64(launched[c]), np.int64(retired[c]), d):
         return False
-    if flags[c] & (_NG | _RECENT) or rating[c] == _DISLIKE:
+    if flags[c] & (_NG | _RECENT | _UNAVAILABLE) or rating[c] == _DISLIKE:
         return False
     for w in range(n_words):
         if ing_words[c, w] & avoid_words[u, w]:
@@ -184,6 +186,8 @@ def assign_partition(users, snacks, values):  # pragma: no cover - compiled; hel
     ing_words, pref_order, explore_order = snacks.ingredient_words, snacks.pref_order, \
         snacks.explore_order
     genre_start, day_row, n_genres = snacks.genre_start, snacks.day_row, snacks.n_genres
+    active, limited = snacks.active, snacks.limited
+    cut_day, cut_jitter, cut_user = snacks.cut_day, snacks.cut_jitter, snacks.cut_user
     bits, max_requests = values.bits, values.max_requests
     request_window, repeat_window = values.request_window_days, values.repeat_window_days
     explore_slots, cap = values.explore_slots, values.max_per_genre
@@ -194,7 +198,8 @@ def assign_partition(users, snacks, values):  # pragma: no cover - compiled; hel
     n_snacks = len(genre_of_col)
     total = 0
     for u in range(n_users):
-        total += box[u]
+        if active[u]:
+            total += min(np.int64(box[u]), np.int64(n_snacks))  # a box holds distinct snacks
     out_user = np.empty(total, np.int64)
     out_col = np.empty(total, np.int64)
     out_slot = np.empty(total, np.int16)
@@ -219,9 +224,21 @@ def assign_partition(users, snacks, values):  # pragma: no cover - compiled; hel
     n_words = ing_words.shape[1]
 
     for u in range(n_users):
+        if not active[u]:
+            continue
         d = np.int64(day[u])
         k_box = np.int64(box[u])
         first_out = n_out
+        # SPEC §6: a limited snack is available when this box's key (d, jitter(u, 0, d), u)
+        # is at most the snack's cutoff
+        if len(limited):
+            j = rules.jitter(uid[u], 0, d)
+            for i in range(len(limited)):
+                c = limited[i]
+                cd = cut_day[c]
+                if d > cd or (d == cd and (j > cut_jitter[c] or (
+                        j == cut_jitter[c] and uid[u] > cut_user[c]))):
+                    flags[c] |= _UNAVAILABLE
         # latest ratings, and genre sums over them
         for i in range(r_ptr[u], r_ptr[u + 1]):
             c, t, r = r_col[i], r_t[i], r_val[i]
@@ -381,6 +398,8 @@ def assign_partition(users, snacks, values):  # pragma: no cover - compiled; hel
             flags[n_col[i]] = 0
         for i in range(first_out, n_out):
             flags[out_col[i]] = 0
+        for i in range(len(limited)):
+            flags[limited[i]] = 0
         for g in range(n_genres):
             sum_g[g] = 0.0
             cnt_g[g] = 0.0

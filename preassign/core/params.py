@@ -1,4 +1,4 @@
-"""The rule parameters of SPEC §3 as one frozen, validated object.
+"""The rule parameters of SPEC §3 and §6 as one frozen, validated object.
 
 Every parameter can be overridden per run by name, from Python
 (``Params(max_requests=1)`` or ``Params().replace(...)``) or from the command
@@ -38,12 +38,13 @@ _RULES: dict[str, tuple[str, float | None]] = {
     "new_days": ("int", 0),
     "new_bonus": ("float", None),
     "explore_jitter": ("float", None),
+    "stock_max_rounds": ("int", 1),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    """Rule parameters (SPEC §3), with the specification's defaults.
+    """Rule parameters of SPEC §3 and §6, with the specification's defaults.
 
     Examples:
         >>> Params().max_per_genre
@@ -67,6 +68,7 @@ class Params:
     new_days: int = 28
     new_bonus: float = 0.5
     explore_jitter: float = 0.5
+    stock_max_rounds: int = 100
 
     def __post_init__(self) -> None:
         for name, (kind, minimum) in _RULES.items():

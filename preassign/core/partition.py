@@ -170,10 +170,10 @@ def select_targets(users: pd.DataFrame, date_from: dt.date, date_to: dt.date,
     """The target users of a prepared ``users`` table (sorted by ``user_id``)."""
     mask = target_mask(users, date_from, date_to)
     targets = users.loc[mask].sort_values("user_id", kind="stable")
-    box = targets["box_size"].to_numpy(np.int32)
+    box = targets["box_size"].to_numpy(np.int64)
     return TargetUsers(
         mask=mask,
         user_id=targets["user_id"].to_numpy(np.int64),
         delivery_on=targets["next_delivery_on"].to_numpy(np.int32),
-        box_size=np.where(box == 0, params.default_box_size, box).astype(np.int32),
+        box_size=np.where(box == 0, params.default_box_size, box).astype(np.int64),
     )

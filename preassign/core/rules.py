@@ -113,7 +113,7 @@ def snack_prior(rating_sum: np.ndarray, rating_count: np.ndarray, params: object
 
     Examples:
         >>> snack_prior(np.array([6, 4]), np.array([2, 1]), type("P", (), {"prior_weight": 20})())
-        array([3.31818182, 3.33333333])
+        array([3.3030303 , 3.36507937])
     """
     c = prior_mean(rating_sum, rating_count)
     m = params.prior_weight  # type: ignore[attr-defined]

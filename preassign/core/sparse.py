@@ -21,6 +21,7 @@ from .catalog import SnackCatalog, favorite_matrix, lookup, name_positions
 from .dense import assignment_frame, key_bits
 from .params import Params
 from .partition import select_targets
+from .stock import Cutoffs
 
 __all__ = [
     "RuleValues",
@@ -64,11 +65,14 @@ class SparseState(NamedTuple):
 
 
 class SnackArrays(NamedTuple):
-    """The catalog as the kernel reads it, with this run's walk orders.
+    """The catalog as the kernel reads it, with this run's walk orders and availability.
 
     ``pref_order`` lists the columns genre by genre, each genre by prior descending (then
     snack id); ``explore_order[k]`` does the same by ``prior + new bonus`` for the k-th
     distinct delivery day of the partition, and ``day_row[u]`` is user ``u``'s k.
+    ``active[u]``: fill user ``u``'s box in this call. ``limited`` lists the columns whose
+    cutoff (SPEC §6) is not +∞; ``cut_day``, ``cut_jitter``, ``cut_user`` are the cutoffs
+    (:class:`preassign.core.stock.Cutoffs`).
     """
 
     snack_id: np.ndarray
@@ -82,6 +86,11 @@ class SnackArrays(NamedTuple):
     genre_start: np.ndarray
     day_row: np.ndarray
     n_genres: int
+    active: np.ndarray
+    limited: np.ndarray
+    cut_day: np.ndarray
+    cut_jitter: np.ndarray
+    cut_user: np.ndarray
 
 
 class RuleValues(NamedTuple):
@@ -177,11 +186,22 @@ def build_sparse_state(
 
 
 def snack_arrays(state: SparseState, catalog: SnackCatalog, prior: np.ndarray,
-                 params: Params) -> SnackArrays:
-    """The catalog with the walk orders of this partition's delivery days."""
+                 params: Params, cutoffs: Cutoffs | None = None,
+                 users: np.ndarray | None = None) -> SnackArrays:
+    """The catalog with the walk orders of this partition's delivery days.
+
+    Args:
+        state: the partition's users.
+        catalog: the snack catalog.
+        prior: prior(s) per column.
+        params: rule parameters.
+        cutoffs: SPEC §6 cutoffs (None: every snack available).
+        users: which users' boxes to fill (bool per user; None: all).
+    """
     n_s = catalog.size
     n_g = max(len(catalog.genres), 1)
     prior = np.asarray(prior, np.float64)
+    cutoffs = cutoffs if cutoffs is not None else Cutoffs.unlimited(n_s)
     cols = np.arange(n_s)
     genre = catalog.genre.astype(np.int64)
     # per genre by prior (preference) and, per delivery day, by prior + new bonus (explore)
@@ -201,6 +221,9 @@ def snack_arrays(state: SparseState, catalog: SnackCatalog, prior: np.ndarray,
         ingredient_words=catalog.ingredient_words(), pref_order=pref_order,
         explore_order=explore_order, genre_start=genre_start,
         day_row=day_row.reshape(-1).astype(np.int64), n_genres=n_g,
+        active=np.ones(state.n_users, bool) if users is None else np.asarray(users, bool),
+        limited=np.flatnonzero(cutoffs.limited).astype(np.int64),
+        cut_day=cutoffs.day, cut_jitter=cutoffs.jitter, cut_user=cutoffs.user_id,
     )
 
 
@@ -219,9 +242,13 @@ def rule_values(params: Params, n_snacks: int) -> RuleValues:
 
 
 def assign_snacks_sparse(
-    state: SparseState, catalog: SnackCatalog, prior: np.ndarray, params: Params
+    state: SparseState, catalog: SnackCatalog, prior: np.ndarray, params: Params,
+    cutoffs: Cutoffs | None = None, users: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """:func:`preassign.core.dense.assign_snacks` computed by the kernel from the sparse state.
+
+    ``cutoffs`` (SPEC §6) make a limited snack unavailable to the boxes after its cutoff;
+    ``users`` (bool per user) fills only those users' boxes.
 
     Raises:
         OverflowError: a score or explore key too large to order exactly.
@@ -231,7 +258,8 @@ def assign_snacks_sparse(
     if not state.favorite.shape[1]:  # no genres: the kernel indexes one dummy column
         state = state._replace(favorite=np.zeros((state.n_users, 1), bool))
     row, col, slot, stage, overflow = assign_partition(
-        state, snack_arrays(state, catalog, prior, params), rule_values(params, catalog.size))
+        state, snack_arrays(state, catalog, prior, params, cutoffs, users),
+        rule_values(params, catalog.size))
     if overflow:
         raise OverflowError(
             "a score or explore key is too large to order exactly; check the rule parameters")

@@ -236,6 +236,13 @@ def test_more_bad_values(tmp_path, case, mutate, message):
         ("no-stock-table", lambda t: {k: v for k, v in t.items() if k != "stock"},
          lambda s: s["snacks_short"] is None and "stock" not in s["input_rows"]),
         ("unknown-stock-snack", None, lambda s: s["input_rows"]["stock"] == 3),
+        # values beyond 32 bits are valid: a box larger than the eligible snacks ends short
+        ("box-size-beyond-int32", _set("users", "box_size", 0, 2**31 + 5),
+         lambda s: s["boxes_full"] == 0 and s["boxes_short"] == 2 and s["units_total"] == 5),
+        ("box-size-2-to-62", _set("users", "box_size", 0, 2**62),
+         lambda s: s["boxes_full"] == 0 and s["units_total"] == 5),
+        ("quantity-beyond-int32", _set("stock", "quantity", 0, 2**40),
+         lambda s: s["snacks_short"] == 2 and s["units_total"] == 5),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )

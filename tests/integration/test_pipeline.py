@@ -156,23 +156,28 @@ def test_synth_lake_fast_path_equals_reference(tmp_path):
     assert_matches_reference(tables, out, result, WORKED_DATE, until, {})
 
 
-def test_messy_lake_on_a_local_cluster_equals_reference(tmp_path):
-    """The shuffle path (hash partitioning on user_id) with real worker processes."""
+def test_messy_lakes_on_a_local_cluster_equal_the_reference(tmp_path):
+    """The shuffle path (hash partitioning on user_id, p2p shuffle) with 2 real worker
+    processes, on lakes whose files of one table differ in physical types (integer widths,
+    timestamp units and zones, date and string kinds)."""
     from distributed import Client, LocalCluster
 
-    rng = np.random.default_rng(2024)
-    tables = random_tables(rng, n_users=60, n_snacks=13, with_stock=True)
-    lake = write_tables(tables, str(tmp_path / "lake"), rng=rng, messy=True)
-    out = str(tmp_path / "out")
-    until = WORKED_DATE + dt.timedelta(days=3)
-    cfg = RunConfig(lake=lake, date_from=WORKED_DATE, date_to=until, out=out,
-                    users_per_partition=9)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        result = run_preassignment(cfg, client)
-    assert result.summary["lake"]["layout"] == "shuffled"
-    assert result.summary["lake"]["partitions"] > 1
-    assert_matches_reference(tables, out, result, WORKED_DATE, until, {})
+        for seed in range(6):
+            rng = np.random.default_rng(2024 + seed)
+            tables = random_tables(rng, n_users=60, n_snacks=13, with_stock=True)
+            params = random_params(rng)
+            lake = write_tables(tables, str(tmp_path / f"lake{seed}"), rng=rng, messy=True)
+            out = str(tmp_path / f"out{seed}")
+            until = WORKED_DATE + dt.timedelta(days=int(rng.integers(0, 4)))
+            cfg = RunConfig(lake=lake, date_from=WORKED_DATE, date_to=until, out=out,
+                            params=Params.from_mapping(params), users_per_partition=9,
+                            engine="numba" if seed % 2 else "numpy")
+            result = run_preassignment(cfg, client)
+            assert result.summary["lake"]["layout"] == "shuffled"
+            assert result.summary["lake"]["partitions"] > 1
+            assert_matches_reference(tables, out, result, WORKED_DATE, until, params)
 
 
 def test_a_manifest_that_lies_is_an_error_not_a_wrong_answer(tmp_path):

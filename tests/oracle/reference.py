@@ -63,6 +63,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "new_days": 28,
     "new_bonus": 0.5,
     "explore_jitter": 0.5,
+    "stock_max_rounds": 100,
 }
 
 INT_PARAMS = {
@@ -375,11 +376,15 @@ class ReferenceState:
 
     # ---- §3 selection --------------------------------------------------
 
-    def assign_box(self, user: User, d: _dt.date) -> list[tuple[int, str]]:
-        """The box of ``user`` for date ``d``: a list of (snack_id, stage)."""
+    def assign_box(self, user: User, d: _dt.date,
+                   unavailable: frozenset[int] = frozenset()) -> list[tuple[int, str]]:
+        """The box of ``user`` for date ``d``: a list of (snack_id, stage).
+
+        ``unavailable`` (SPEC §6): snacks treated as ineligible in all four stages.
+        """
         p = self.params
         k = user.box_k(p["default_box_size"])
-        eligible = self.eligible_snacks(user, d)
+        eligible = [s for s in self.eligible_snacks(user, d) if s not in unavailable]
         eligible_set = set(eligible)
         box: list[tuple[int, str]] = []
         chosen: set[int] = set()
@@ -762,3 +767,161 @@ def worked_example_tables() -> dict[str, pd.DataFrame]:
         "requests": requests,
         "stock": stock,
     }
+
+
+# --------------------------------------------------------------------------
+# SPEC §6: stock-aware pre-assignment, a literal loop over rounds
+# --------------------------------------------------------------------------
+
+
+class StockRoundsExceeded(Exception):
+    """Round ``stock_max_rounds`` still changed a cutoff."""
+
+    def __init__(self, rounds: int, moved: list[int]):
+        self.rounds, self.moved = rounds, moved
+        super().__init__(f"stock_max_rounds={rounds} reached; cutoffs still moving: {moved}")
+
+
+NO_LIMIT = None  # kappa = +infinity
+NO_BOX = "no box"  # kappa = -infinity
+
+
+@dataclasses.dataclass
+class ReferenceStockResult:
+    result: ReferenceResult  # the final boxes, as a SPEC §3 result
+    reservations: pd.DataFrame
+    rounds: int
+    boxes_changed: int
+    boxes_short_unconstrained: int
+    units_unconstrained: int
+    cutoffs: dict[int, Any]
+
+
+def box_priority(user: User) -> tuple[_dt.date, float, int]:
+    """pi(b) = (d, jitter(u, 0, d), u)."""
+    d = user.next_delivery_on
+    return (d, reference_jitter(user.user_id, 0, d), user.user_id)
+
+
+def is_available(priority: tuple, cutoff: Any) -> bool:
+    if cutoff is NO_LIMIT:
+        return True
+    if cutoff == NO_BOX:
+        return False
+    return priority <= cutoff
+
+
+def _result_from_boxes(state: ReferenceState, boxes: dict[int, list[tuple[int, str]]],
+                       targets: list[User]) -> ReferenceResult:
+    rows = []
+    full = short = 0
+    for user in targets:
+        box = boxes[user.user_id]
+        if len(box) < user.box_k(state.params["default_box_size"]):
+            short += 1
+        else:
+            full += 1
+        for slot, (snack_id, stage) in enumerate(box, start=1):
+            rows.append((user.next_delivery_on, user.user_id, slot, snack_id, stage))
+    assignments = pd.DataFrame(rows, columns=["delivery_on", "user_id", "slot", "snack_id",
+                                              "stage"]).astype({"user_id": "int64",
+                                                                "slot": "int64",
+                                                                "snack_id": "int64"})
+    counts: dict[tuple, dict[str, int]] = {}
+    for d, _u, _slot, s, stage in rows:
+        c = counts.setdefault((d, s), {st: 0 for st in STAGES})
+        c[stage] += 1
+    keys = sorted(counts)
+    demand = pd.DataFrame({
+        "delivery_on": pd.Series([k[0] for k in keys], dtype=object),
+        "snack_id": pd.Series([k[1] for k in keys], dtype="int64"),
+        "units": pd.Series([sum(counts[k].values()) for k in keys], dtype="int64"),
+        **{f"units_{st}": pd.Series([counts[k][st] for k in keys], dtype="int64")
+           for st in STAGES},
+    })
+    return ReferenceResult(assignments=assignments, demand=demand, shortage=None,
+                           users_targeted=len(targets), boxes_full=full, boxes_short=short,
+                           units_total=len(rows), input_rows=state.input_rows,
+                           orphan_rows=state.orphan_rows)
+
+
+def reference_stock_run(
+    tables: dict[str, pd.DataFrame],
+    date_from: _dt.date,
+    date_to: _dt.date,
+    params: dict | None = None,
+) -> ReferenceStockResult:
+    """Run SPEC §6 on the lake ``tables``: rounds of SPEC §3 boxes under snack cutoffs.
+
+    Raises:
+        ValueError: the lake has no stock table.
+        StockRoundsExceeded: round ``stock_max_rounds`` still changed a cutoff.
+    """
+    state = reference_state(tables, params)
+    if state.stock is None:
+        raise ValueError("a stock-aware run needs the stock table")
+    p = state.params
+    date_from, date_to = to_date(date_from), to_date(date_to)
+    targets = [state.users[u] for u in sorted(state.users)
+               if state.users[u].is_target(date_from, date_to)]
+    priority = {u.user_id: box_priority(u) for u in targets}
+    stock = {s: state.stock.get(s, 0) for s in state.snacks}
+    cutoff: dict[int, Any] = {s: NO_LIMIT for s in state.snacks}
+    first: dict[int, list[tuple[int, str]]] | None = None
+    rounds = 0
+    while True:
+        rounds += 1
+        boxes = {}
+        for user in targets:
+            unavailable = frozenset(s for s in state.snacks
+                                    if not is_available(priority[user.user_id], cutoff[s]))
+            boxes[user.user_id] = state.assign_box(user, user.next_delivery_on, unavailable)
+        if first is None:
+            first = boxes
+        holders: dict[int, list[tuple]] = {}
+        for uid, box in boxes.items():
+            for s, _stage in box:
+                holders.setdefault(s, []).append(priority[uid])
+        moved = []
+        for s in sorted(holders):
+            q = stock[s]
+            if len(holders[s]) > q:
+                new = NO_BOX if q == 0 else sorted(holders[s])[q - 1]
+                if new != cutoff[s]:
+                    cutoff[s] = new
+                    moved.append(s)
+        if not moved:
+            break
+        if rounds >= p["stock_max_rounds"]:
+            raise StockRoundsExceeded(rounds, moved)
+    assert first is not None
+    result = _result_from_boxes(state, boxes, targets)
+    unconstrained = _result_from_boxes(state, first, targets)
+
+    def holders_of(bx: dict[int, list[tuple[int, str]]]) -> dict[int, set[int]]:
+        out: dict[int, set[int]] = {}
+        for uid, box in bx.items():
+            for s, _stage in box:
+                out.setdefault(s, set()).add(uid)
+        return out
+
+    before, after = holders_of(first), holders_of(boxes)
+    snacks = sorted(set(before) | set(after))
+    rows = []
+    for s in snacks:
+        b, a = before.get(s, set()), after.get(s, set())
+        k = cutoff[s]
+        rows.append({
+            "snack_id": s, "stock": stock[s], "units_unconstrained": len(b), "units": len(a),
+            "units_left": stock[s] - len(a), "boxes_lost": len(b - a), "boxes_gained": len(a - b),
+            "limited": k is not NO_LIMIT,
+            "cutoff_on": k[0] if isinstance(k, tuple) else None,
+        })
+    reservations = pd.DataFrame(rows, columns=["snack_id", "stock", "units_unconstrained",
+                                               "units", "units_left", "boxes_lost",
+                                               "boxes_gained", "limited", "cutoff_on"])
+    changed = sum(1 for u in boxes if {s for s, _ in boxes[u]} != {s for s, _ in first[u]})
+    return ReferenceStockResult(
+        result=result, reservations=reservations, rounds=rounds, boxes_changed=changed,
+        boxes_short_unconstrained=unconstrained.boxes_short,
+        units_unconstrained=unconstrained.units_total, cutoffs=cutoff)

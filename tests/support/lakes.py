@@ -4,7 +4,9 @@
 boundaries, orphans, duplicates, null ingredient lists, box sizes 1-12);
 ``write_tables`` writes any table dict as a lake the way *other* code might:
 several files per table, hive-style directories, unsorted rows, int32 and int64
-ids mixed across files, extra columns, tz-aware or naive timestamps.
+ids mixed across files, extra columns, and within one table files that differ in physical
+types (integer widths, timestamp units and zones, date32/date64, plain, large or dictionary
+strings, list kinds).
 """
 
 from __future__ import annotations
@@ -137,29 +139,64 @@ def random_tables(rng: np.random.Generator, *, n_users: int | None = None,
 _ID_COLS = ("user_id", "snack_id")
 
 
-def _to_arrow(frame: pd.DataFrame, int32: bool, tz: bool) -> pa.Table:
+#: The physical variations SPEC §2 allows (and a few more other writers produce), drawn per
+#: file: files of one table differ in integer widths, timestamp units and zones, date and
+#: string kinds.
+VARIANTS = {
+    "int": ("int32", "int64"),
+    "small_int": ("int8", "int16", "int32", "int64"),
+    "tz": (None, "UTC", "Asia/Tokyo", "America/New_York"),
+    "unit": ("s", "ms", "us", "ns"),
+    "date": ("date32", "date64"),
+    "str": ("string", "large_string", "dictionary"),
+    "list": ("list", "large_list"),
+}
+
+
+def draw_variant(rng: np.random.Generator) -> dict[str, str | None]:
+    """One file's physical types."""
+    return {k: v[int(rng.integers(len(v)))] for k, v in VARIANTS.items()}
+
+
+def _to_arrow(frame: pd.DataFrame, variant: dict[str, str | None] | None = None) -> pa.Table:
+    v = {k: vals[1] if k == "int" else vals[0] for k, vals in VARIANTS.items()}
+    v["tz"], v["unit"] = None, "us"
+    v.update(variant or {})
     cols = {}
     for c in frame.columns:
         s = frame[c]
-        if c in _ID_COLS or c in ("rating", "quantity"):
-            cols[c] = pa.array(s.to_numpy(np.int64), pa.int32() if int32 else pa.int64())
+        if c in _ID_COLS:
+            cols[c] = pa.array(s.to_numpy(np.int64), getattr(pa, v["int"])())
+        elif c in ("rating", "quantity"):
+            kind = v["small_int"] if c == "rating" else v["int"]
+            cols[c] = pa.array(s.to_numpy(np.int64), getattr(pa, kind)())
         elif c == "box_size":
+            width = "int16" if v["int"] == "int32" else "int64"
             cols[c] = pa.array(s.astype("Int64").to_numpy(dtype=object, na_value=None),
-                               pa.int16() if int32 else pa.int64())
+                               getattr(pa, width)())
         elif c in ("launched_on", "retired_on", "next_delivery_on", "delivered_on"):
-            cols[c] = pa.array([None if v is None or v is pd.NaT else pd.Timestamp(v).date()
-                                for v in s], pa.date32())
+            dates = pa.array([None if v_ is None or v_ is pd.NaT else pd.Timestamp(v_).date()
+                              for v_ in s], pa.date32())
+            cols[c] = dates.cast(pa.date64()) if v["date"] == "date64" else dates
         elif c in ("rated_at", "requested_at"):
-            values = pd.to_datetime(s)
-            if tz:
-                values = values.dt.tz_localize("UTC").dt.tz_convert("Asia/Tokyo")
-            cols[c] = pa.array(values)
+            values = pd.to_datetime(s)  # naive UTC wall clock, whole seconds
+            arr = pa.array(values, pa.timestamp(v["unit"]))
+            if v["tz"] is not None:  # the same instants, stored with a zone
+                arr = arr.cast(pa.timestamp(v["unit"], tz=v["tz"]))
+            cols[c] = arr
         elif c == "ingredients":
-            cols[c] = pa.array([None if v is None else list(v) for v in s], pa.list_(pa.string()))
+            kind = pa.large_list(pa.string()) if v["list"] == "large_list" else \
+                pa.list_(pa.string())
+            cols[c] = pa.array([None if x is None else list(x) for x in s], kind)
         elif c == "extra_col":
             cols[c] = pa.array(s.to_numpy())
         else:
-            cols[c] = pa.array(s.to_numpy(dtype=object), pa.string())
+            arr = pa.array(s.to_numpy(dtype=object), pa.string())
+            if v["str"] == "large_string":
+                arr = arr.cast(pa.large_string())
+            elif v["str"] == "dictionary":
+                arr = arr.dictionary_encode()
+            cols[c] = arr
     return pa.table(cols)
 
 
@@ -171,7 +208,7 @@ def write_tables(tables: dict[str, pd.DataFrame], root: str, *, rng: np.random.G
         base = os.path.join(root, name)
         os.makedirs(base, exist_ok=True)
         if not messy:
-            pq.write_table(_to_arrow(frame, False, False), os.path.join(base, "part-0.parquet"))
+            pq.write_table(_to_arrow(frame), os.path.join(base, "part-0.parquet"))
             continue
         frame = frame.sample(frac=1.0, random_state=int(rng.integers(1 << 30)))  # unsorted
         if rng.random() < 0.5:
@@ -182,6 +219,6 @@ def write_tables(tables: dict[str, pd.DataFrame], root: str, *, rng: np.random.G
             part = frame.iloc[idx]
             sub = os.path.join(base, f"region={i % 2}") if rng.random() < 0.5 else base
             os.makedirs(sub, exist_ok=True)
-            table = _to_arrow(part, int32=bool(rng.random() < 0.5), tz=bool(rng.random() < 0.5))
+            table = _to_arrow(part, draw_variant(rng))
             pq.write_table(table, os.path.join(sub, f"chunk-{i}.parquet"))
     return root

@@ -13,7 +13,14 @@ def test_defaults_are_the_spec_table():
         "repeat_window_days": 60, "explore_slots": 2, "max_per_genre": 3, "prior_weight": 20.0,
         "own_weight_2": -1.0, "own_weight_3": 0.5, "own_weight_4": 1.5, "genre_weight": 0.5,
         "favorite_genre_bonus": 0.5, "new_days": 28, "new_bonus": 0.5, "explore_jitter": 0.5,
+        "stock_max_rounds": 100,
     }
+
+
+def test_stock_max_rounds_is_at_least_one():
+    with pytest.raises(ParamError, match="'stock_max_rounds' must be >= 1"):
+        Params(stock_max_rounds=0)
+    assert parse_overrides(["stock_max_rounds=1"]) == {"stock_max_rounds": 1}
 
 
 def test_every_parameter_is_settable_by_name():

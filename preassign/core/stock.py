@@ -1,0 +1,293 @@
+"""Stock-aware pre-assignment between rounds (SPEC §6): box priorities, snack cutoffs.
+
+Every target box b of user u on date d has the priority key π(b) = (d, jitter(u, 0, d), u),
+compared left to right; every snack s a cutoff κ(s): +∞ (no limit), a key, or −∞ (no box).
+Snack s is *available* to box b when π(b) ≤ κ(s). A round fills every box with the
+availability rule; then every snack held by more boxes than its stock q(s) gets κ(s) = the
+q(s)-th smallest key among its holders (−∞ when q(s) = 0), until no cutoff changes.
+
+The new cutoffs are a tree reduction over the partitions, named as dask names its roles:
+
+* :func:`chunk` - one partition's candidates: for each over-stock snack, its q(s) smallest
+  holder keys in that partition (at most q(s) rows per snack);
+* :func:`combine` - candidates of several partitions merged, again at most q(s) per snack;
+* :func:`aggregate` - the q(s)-th smallest key per snack: its new cutoff.
+
+Keys are compared exactly: the jitter is a multiple of 2**-53, so comparing the floats is
+comparing the integers they come from, and the user id breaks any tie.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from .rules import jitter
+
+__all__ = [
+    "Cutoffs",
+    "Partitions",
+    "StockRoundsExceeded",
+    "run_rounds",
+    "CANDIDATE_COLUMNS",
+    "aggregate",
+    "available",
+    "box_keys",
+    "chunk",
+    "combine",
+    "next_cutoffs",
+    "over_stock",
+]
+
+_TOP = np.iinfo(np.int64).max
+_BOTTOM = np.iinfo(np.int64).min
+
+#: Columns of a candidate frame: the snack's catalog column and a holder's key.
+CANDIDATE_COLUMNS = ("col", "day", "jitter", "user_id")
+
+
+def box_keys(user_id: np.ndarray, delivery_on: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                    np.ndarray]:
+    """π(b) of boxes given by user and delivery day: ``(day, jitter(u, 0, d), user_id)``.
+
+    Examples:
+        >>> day, jit, uid = box_keys(np.array([10, 20]), np.array([20788, 20788]))
+        >>> jit.tolist()
+        [0.5914812078206408, 0.0925045097072168]
+    """
+    day = np.asarray(delivery_on, np.int64)
+    uid = np.asarray(user_id, np.int64)
+    return day, jitter(uid, np.zeros_like(uid), day), uid
+
+
+@dataclasses.dataclass(frozen=True)
+class Cutoffs:
+    """κ(s) per catalog column as three arrays compared left to right.
+
+    ``day`` is ``int64`` max for +∞ (every box is before it) and ``int64`` min for −∞ (no
+    box is); otherwise ``(day, jitter, user_id)`` is the key of the last box served.
+    """
+
+    day: np.ndarray
+    jitter: np.ndarray
+    user_id: np.ndarray
+
+    @classmethod
+    def unlimited(cls, n_snacks: int) -> Cutoffs:
+        """Every snack available to every box (round 1)."""
+        return cls(np.full(n_snacks, _TOP, np.int64), np.zeros(n_snacks, np.float64),
+                   np.zeros(n_snacks, np.int64))
+
+    @property
+    def size(self) -> int:
+        """Number of snacks."""
+        return len(self.day)
+
+    @property
+    def limited(self) -> np.ndarray:
+        """κ(s) < +∞ per snack."""
+        return self.day != _TOP
+
+    @property
+    def no_box(self) -> np.ndarray:
+        """κ(s) = −∞ per snack."""
+        return self.day == _BOTTOM
+
+    def with_values(self, cols: np.ndarray, day: np.ndarray, jit: np.ndarray,
+                    uid: np.ndarray) -> Cutoffs:
+        """A copy with the cutoffs of ``cols`` replaced."""
+        new_day, new_jit, new_uid = self.day.copy(), self.jitter.copy(), self.user_id.copy()
+        new_day[cols], new_jit[cols], new_uid[cols] = day, jit, uid
+        return Cutoffs(new_day, new_jit, new_uid)
+
+
+def available(cutoffs: Cutoffs, cols: np.ndarray, day: np.ndarray, jit: np.ndarray,
+              uid: np.ndarray) -> np.ndarray:
+    """π(b) ≤ κ(s) for boxes ``(day, jit, uid)`` and snack columns ``cols`` (broadcasting).
+
+    Examples:
+        >>> k = Cutoffs.unlimited(2).with_values(np.array([0]), np.array([5]),
+        ...                                      np.array([0.5]), np.array([7]))
+        >>> available(k, np.array([0, 0, 0, 1]), np.array([5, 5, 6, 9]),
+        ...           np.array([0.5, 0.5, 0.1, 0.9]), np.array([7, 8, 1, 1])).tolist()
+        [True, False, False, True]
+    """
+    cd, cj, cu = cutoffs.day[cols], cutoffs.jitter[cols], cutoffs.user_id[cols]
+    return (day < cd) | ((day == cd) & ((jit < cj) | ((jit == cj) & (uid <= cu))))
+
+
+def over_stock(holders: np.ndarray, stock: np.ndarray) -> np.ndarray:
+    """Catalog columns of the snacks held by more boxes than their stock."""
+    return np.flatnonzero(np.asarray(holders) > np.asarray(stock))
+
+
+def _empty_candidates() -> pd.DataFrame:
+    return pd.DataFrame({"col": np.zeros(0, np.int64), "day": np.zeros(0, np.int64),
+                         "jitter": np.zeros(0, np.float64), "user_id": np.zeros(0, np.int64)})
+
+
+def _smallest(frame: pd.DataFrame, quota: Mapping[int, int]) -> pd.DataFrame:
+    """Per ``col``, its ``quota[col]`` smallest keys, sorted by (col, key)."""
+    if not len(frame):
+        return _empty_candidates()
+    frame = frame.sort_values(list(CANDIDATE_COLUMNS), kind="stable", ignore_index=True)
+    rank = frame.groupby("col", sort=False).cumcount().to_numpy()
+    q = frame["col"].map(quota).to_numpy(np.int64)
+    return frame.loc[rank < q].reset_index(drop=True)
+
+
+def chunk(cols: np.ndarray, day: np.ndarray, jit: np.ndarray, uid: np.ndarray,
+          quota: Mapping[int, int]) -> pd.DataFrame:
+    """One partition's candidates: for each snack in ``quota``, its smallest holder keys.
+
+    Args:
+        cols: the snack column of each (box, snack) the partition's boxes hold.
+        day: the holding box's delivery day.
+        jit: its jitter(u, 0, d).
+        uid: its user id.
+        quota: over-stock snack column -> q(s) (snacks with q(s) = 0 need no candidates).
+
+    Returns:
+        At most ``quota[s]`` rows per snack (:data:`CANDIDATE_COLUMNS`), smallest keys.
+    """
+    wanted = np.array([c for c, q in quota.items() if q > 0], np.int64)
+    keep = np.isin(cols, wanted)
+    frame = pd.DataFrame({"col": np.asarray(cols, np.int64)[keep],
+                          "day": np.asarray(day, np.int64)[keep],
+                          "jitter": np.asarray(jit, np.float64)[keep],
+                          "user_id": np.asarray(uid, np.int64)[keep]})
+    return _smallest(frame, quota)
+
+
+def combine(parts: Iterable[pd.DataFrame], quota: Mapping[int, int]) -> pd.DataFrame:
+    """Merge candidates of several partitions, keeping the ``quota[s]`` smallest per snack."""
+    frames = [p for p in parts if len(p)]
+    if not frames:
+        return _empty_candidates()
+    return _smallest(pd.concat(frames, ignore_index=True), quota)
+
+
+def aggregate(candidates: pd.DataFrame, quota: Mapping[int, int]
+              ) -> dict[int, tuple[int, float, int]]:
+    """κ(s) per over-stock snack: the q(s)-th smallest holder key, or −∞ when q(s) = 0.
+
+    Args:
+        candidates: every partition's candidates combined (:func:`combine`).
+        quota: over-stock snack column -> q(s).
+
+    Returns:
+        snack column -> ``(day, jitter, user_id)``; −∞ is ``(int64 min, 0.0, 0)``.
+
+    Raises:
+        ValueError: a snack with fewer candidates than its stock (it was not over stock).
+    """
+    out: dict[int, tuple[int, float, int]] = {}
+    grouped: dict[int, pd.DataFrame] = {}
+    if len(candidates):
+        for c, g in candidates.groupby("col", sort=False):
+            grouped[int(c)] = g  # type: ignore[arg-type]
+    for col, q in quota.items():
+        if q == 0:
+            out[int(col)] = (int(_BOTTOM), 0.0, 0)
+            continue
+        rows = grouped.get(int(col))
+        if rows is None or len(rows) < q:
+            raise ValueError(f"snack column {col} has fewer than {q} holders; it is not over stock")
+        out[int(col)] = (int(rows["day"].to_numpy()[q - 1]),
+                         float(rows["jitter"].to_numpy()[q - 1]),
+                         int(rows["user_id"].to_numpy()[q - 1]))
+    return out
+
+
+def next_cutoffs(cutoffs: Cutoffs, holders: np.ndarray, stock: np.ndarray,
+                 candidates: Iterable[pd.DataFrame]) -> tuple[Cutoffs, np.ndarray]:
+    """Step 2 of a round: the new cutoffs and the snack columns whose cutoff moved.
+
+    Args:
+        cutoffs: the cutoffs the round ran with.
+        holders: boxes holding each snack after the round (all partitions).
+        stock: q(s) per snack (0 for a snack without a stock row).
+        candidates: each partition's :func:`chunk` for the over-stock snacks.
+
+    Returns:
+        ``(new cutoffs, moved columns)``; no moved column means the rounds are over.
+    """
+    over = over_stock(holders, stock)
+    quota = {int(c): int(stock[c]) for c in over}
+    new = aggregate(combine(candidates, quota), quota)
+    if not new:
+        return cutoffs, np.zeros(0, np.int64)
+    cols = np.array(sorted(new), np.int64)
+    day = np.array([new[c][0] for c in cols], np.int64)
+    jit = np.array([new[c][1] for c in cols], np.float64)
+    uid = np.array([new[c][2] for c in cols], np.int64)
+    changed = (day != cutoffs.day[cols]) | (jit != cutoffs.jitter[cols]) | \
+        (uid != cutoffs.user_id[cols])
+    return cutoffs.with_values(cols, day, jit, uid), cols[changed]
+
+
+class StockRoundsExceeded(InputError):
+    """Round ``stock_max_rounds`` of a stock-aware run still changed a cutoff (exit 1)."""
+
+    def __init__(self, rounds: int, moved_snacks: list[int]):
+        self.rounds, self.moved_snacks = rounds, moved_snacks
+        shown = ", ".join(map(str, moved_snacks[:20])) + (" ..." if len(moved_snacks) > 20 else "")
+        super().__init__(
+            f"the stock-aware run did not settle within stock_max_rounds={rounds} rounds: round "
+            f"{rounds} still moved the cutoffs of {len(moved_snacks)} snack(s) (snack_id "
+            f"{shown}); raise it with --set stock_max_rounds=N")
+
+
+class Partitions(Protocol):
+    """The partitions of a stock-aware run, wherever they live (a cluster, a list)."""
+
+    def holders(self) -> np.ndarray:
+        """Boxes holding each snack, summed over the partitions."""
+
+    def candidates(self, quota: dict[int, int]) -> list[pd.DataFrame]:
+        """Each partition's :func:`chunk` for the snacks of ``quota``."""
+
+    def refill(self, cutoffs: Cutoffs) -> None:
+        """Apply new cutoffs to every partition's boxes."""
+
+
+def run_rounds(parts: Partitions, stock: np.ndarray, snack_ids: np.ndarray, max_rounds: int,
+               on_round: Callable[[int, int], None] | None = None) -> tuple[Cutoffs, int]:
+    """The rounds of SPEC §6, after round 1 filled ``parts``: until no cutoff moves.
+
+    Args:
+        parts: the partitions, filled by round 1 (no cutoffs).
+        stock: q(s) per catalog column (0 for a snack without a stock row).
+        snack_ids: the snack id of each catalog column (for messages).
+        max_rounds: ``stock_max_rounds``.
+        on_round: called with (round number, cutoffs moved) after each round.
+
+    Returns:
+        ``(final cutoffs, rounds run)``, the last round included.
+
+    Raises:
+        StockRoundsExceeded: round ``max_rounds`` still moved a cutoff.
+    """
+    cutoffs = Cutoffs.unlimited(len(stock))
+    rounds = 1
+    while True:
+        held = parts.holders()
+        over = over_stock(held, stock)
+        quota = {int(c): int(stock[c]) for c in over}
+        wanted = {c: q for c, q in quota.items() if q > 0}
+        found = parts.candidates(wanted) if wanted else []
+        new, moved = next_cutoffs(cutoffs, held, stock, found)
+        if on_round is not None:
+            on_round(rounds, len(moved))
+        if not len(moved):
+            return cutoffs, rounds
+        if rounds >= max_rounds:
+            raise StockRoundsExceeded(max_rounds, sorted(int(snack_ids[c]) for c in moved))
+        cutoffs = new
+        parts.refill(cutoffs)
+        rounds += 1

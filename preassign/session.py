@@ -1,0 +1,459 @@
+"""A lake's prepared partitions held on the cluster: runs again without re-reading.
+
+Design
+------
+:class:`Session` reads the lake once: every partition of users is read, checked, counted
+and made ready for the engines (:func:`preassign.core.partition.prepare_partition`) by one
+task, and the results are *persisted* on the workers (``Client.persist``: a lost worker's
+partitions are recomputed from the graph, so a session survives it). Nothing user-sized
+comes back to the client: only the per-partition counts and rating totals (a few hundred
+numbers each).
+
+:meth:`Session.run` then answers in seconds: it builds each partition's engine state from
+the prepared tables (on the workers), fills the boxes (round 1, SPEC §3), and for a
+stock-aware run (SPEC §6) repeats rounds over the same state: each round sends the snack
+cutoffs (a few hundred values) and brings back boxes per snack and, for the over-stock
+snacks only, each partition's smallest holder keys (:mod:`preassign.core.stock`); only the
+boxes that held a snack whose new cutoff excludes them are filled again
+(:mod:`preassign.core.rounds`). A run's final boxes stay on the workers until the next run,
+:meth:`SessionResult.publish` or :meth:`Session.close`.
+
+Without a ``distributed`` client everything happens in this process (tests, small lakes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+
+from .core import rounds as R
+from .core.catalog import SnackCatalog
+from .core.contract import USER_KEYED, InvalidValues, check_user_range
+from .core.demand import (
+    combine_demand,
+    compute_reservations,
+    compute_shortage,
+    stock_by_column,
+)
+from .core.engine import get_engine
+from .core.params import Params
+from .core.partition import PartitionStats, prepare_partition, target_mask, targeted_by_day
+from .core.rules import snack_prior
+from .core.stock import Cutoffs, run_rounds
+from .errors import InputError, UsageError
+from .lake import Lake, load_catalog, open_lake, read_user_tables
+from .outputs import ASSIGNMENT_SCHEMA, assignment_output
+from .storage import open_location
+
+__all__ = ["Prepared", "Session", "SessionResult", "write_assignments"]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# the tasks (pure functions of their inputs; run on workers)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One partition, read and checked once: its tables ready for the engines, its counts."""
+
+    tables: dict[str, pd.DataFrame]
+    stats: PartitionStats
+
+
+def prepare_task(index: int, bounds: tuple[int, int] | None, catalog: SnackCatalog,
+                 date_from: dt.date, date_to: dt.date, on_invalid: str, engine: str,
+                 *parts: pd.DataFrame) -> Prepared:
+    """Read partition ``index`` once: check every table, count rows and orphans, sum ratings."""
+    raw = dict(zip(USER_KEYED, parts, strict=True))
+    if bounds is not None:
+        check_user_range(raw, bounds[0], bounds[1], index)
+    rejected: dict[str, pd.DataFrame] = {}
+    tables, input_rows, orphans, problems = prepare_partition(
+        raw, catalog, on_invalid=on_invalid, rejected=rejected)
+    sums, counts = get_engine(engine).rating_totals(tables, catalog)
+    users = tables["users"]
+    stats = PartitionStats(input_rows, orphans, sums, counts,
+                           int(target_mask(users, date_from, date_to).sum()), problems,
+                           targeted_by_day(users, date_from, date_to),
+                           {name: [frame] for name, frame in rejected.items()})
+    return Prepared(tables, stats)
+
+
+def _stats_of(prepared: Prepared) -> PartitionStats:
+    return prepared.stats
+
+
+def _targets_of(prepared: Prepared, date_from: dt.date, date_to: dt.date) -> dict[int, int]:
+    return targeted_by_day(prepared.tables["users"], date_from, date_to)
+
+
+def _start(prepared: Prepared, engine: str, catalog: SnackCatalog, prior: np.ndarray,
+           date_from: dt.date, date_to: dt.date, params: Params) -> R.PartitionRounds:
+    chosen = get_engine(engine)
+    state = chosen.build_state(prepared.tables, catalog, date_from, date_to, params)
+    return R.start(chosen, state, catalog, prior, params)
+
+
+def _holders(part: R.PartitionRounds, catalog: SnackCatalog) -> np.ndarray:
+    return R.holders(part, catalog)
+
+
+def _candidates(part: R.PartitionRounds, catalog: SnackCatalog,
+                quota: dict[int, int]) -> pd.DataFrame:
+    return R.candidates(part, catalog, quota)
+
+
+def _refill(part: R.PartitionRounds, catalog: SnackCatalog, prior: np.ndarray, params: Params,
+            cutoffs: Cutoffs) -> R.PartitionRounds:
+    return R.refill(part, catalog, prior, params, cutoffs)
+
+
+def _outcome(part: R.PartitionRounds, catalog: SnackCatalog) -> R.PartitionOutcome:
+    return R.outcome(part, catalog)
+
+
+def _boxes(part: R.PartitionRounds) -> pd.DataFrame:
+    return part.boxes
+
+
+def _write_boxes(part: R.PartitionRounds, index: int, url: str,
+                 storage_options: Mapping[str, Any]) -> int:
+    """Write one partition's final boxes as ``<url>/part.<index>.parquet`` (SPEC §4)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = open_location(url, storage_options)
+    target.fs.makedirs(target.path, exist_ok=True)
+    table = pa.Table.from_pandas(assignment_output(part.boxes), schema=ASSIGNMENT_SCHEMA,
+                                 preserve_index=False)
+    with target.fs.open(target.child(f"part.{index}.parquet"), "wb") as f:
+        pq.write_table(table, f)
+    return table.num_rows
+
+
+def write_assignments(session: Session, result: SessionResult, url: str,
+                      storage_options: Mapping[str, Any] | None = None) -> int:
+    """Write a run's boxes to ``url`` (``assignments/`` of SPEC §4) from the workers.
+
+    Returns:
+        Rows written.
+    """
+    run = session._run
+    return sum(run.gather(run.map(_write_boxes, result.parts, list(range(len(result.parts))),
+                                  url=url, storage_options=dict(storage_options or {}))))
+
+
+# --------------------------------------------------------------------------------------------
+# where the tasks run
+
+
+class _Executor:
+    """Runs per-partition functions in this process, or on a ``distributed`` client."""
+
+    def __init__(self, client: Any):
+        self.client = client
+        if client is not None:
+            from .compute import quiet_known_errors
+
+            quiet_known_errors(client)
+
+    def map(self, func: Callable[..., Any], *items: Sequence[Any], **kwargs: Any) -> list[Any]:
+        if self.client is None:
+            return [func(*args, **kwargs) for args in zip(*items, strict=True)]
+        return list(self.client.map(func, *items, **kwargs, pure=False))
+
+    def gather(self, items: Sequence[Any]) -> list[Any]:
+        if self.client is None:
+            return list(items)
+        from .compute import compute_futures
+
+        return compute_futures(self.client, items)
+
+    def release(self, items: Sequence[Any]) -> None:
+        if self.client is not None and items:
+            self.client.cancel(list(items))
+
+
+class _ClusterPartitions:
+    """:class:`preassign.core.stock.Partitions` kept on the workers (or in this process)."""
+
+    def __init__(self, run: _Executor, parts: list[Any], catalog: SnackCatalog,
+                 prior: np.ndarray, params: Params):
+        self.run, self.parts = run, parts
+        self.catalog, self.prior, self.params = catalog, prior, params
+
+    def holders(self) -> np.ndarray:
+        total = np.zeros(self.catalog.size, np.int64)
+        for held in self.run.gather(self.run.map(_holders, self.parts, catalog=self.catalog)):
+            total += held
+        return total
+
+    def candidates(self, quota: dict[int, int]) -> list[pd.DataFrame]:
+        return self.run.gather(self.run.map(_candidates, self.parts, catalog=self.catalog,
+                                            quota=quota))
+
+    def refill(self, cutoffs: Cutoffs) -> None:
+        # the old boxes are only dropped, never cancelled: the new ones are computed from them
+        self.parts = self.run.map(_refill, self.parts, catalog=self.catalog, prior=self.prior,
+                                  params=self.params, cutoffs=cutoffs)
+
+
+
+# --------------------------------------------------------------------------------------------
+# the session
+
+
+@dataclasses.dataclass
+class SessionResult:
+    """What one :meth:`Session.run` produced (the boxes stay on the cluster until released)."""
+
+    params: Params
+    date_from: dt.date
+    date_to: dt.date
+    stock_aware: bool
+    prior: np.ndarray
+    demand: pd.DataFrame
+    shortage: pd.DataFrame | None
+    reservations: pd.DataFrame | None
+    summary: dict[str, Any]
+    stats: PartitionStats
+    parts: list[Any]
+    session: Session
+
+    def boxes(self) -> pd.DataFrame:
+        """Every box of the run (the engines' assignment frame) - brings them to the client."""
+        frames = self.session._run.gather(self.session._run.map(_boxes, self.parts))
+        if not frames:
+            return pd.DataFrame()
+        return pd.concat(frames, ignore_index=True)
+
+    def release(self) -> None:
+        """Let the workers forget this run's boxes."""
+        self.session._run.release(self.parts)
+        self.parts = []
+
+
+class Session:
+    """A lake read once and kept on the cluster, for runs with other parameters, stock or dates.
+
+    Examples:
+        >>> with open_client(ClusterSpec("local", workers=2)) as client:  # doctest: +SKIP
+        ...     session = Session("data/lake", client, dt.date(2026, 12, 1),
+        ...                       dt.date(2026, 12, 14))
+        ...     base = session.run(stock_aware=True)
+        ...     tighter = session.run(stock_aware=True, stock=0.9)  # 90 % of the stock
+        ...     session.close()
+    """
+
+    def __init__(self, lake: str, client: Any = None, date_from: dt.date | None = None,
+                 date_to: dt.date | None = None, *,
+                 storage_options: Mapping[str, Any] | None = None, on_invalid: str = "raise",
+                 engine: str = "numba", users_per_partition: int = 50_000,
+                 progress: bool = False):
+        """Read and prepare the lake (the only time it is read).
+
+        Args:
+            lake: the lake's root (local path or ``s3://``).
+            client: a ``distributed.Client``; None computes in this process.
+            date_from: the default first delivery date of runs.
+            date_to: the default last delivery date (default: ``date_from``).
+            storage_options: fsspec options for the lake.
+            on_invalid: ``"raise"`` or ``"drop"`` (SPEC §2's invalid values).
+            engine: ``"numba"`` (default) or ``"numpy"``.
+            users_per_partition: partition size when the lake has no co-partitioned layout.
+            progress: draw Dask's progress bar while preparing.
+
+        Raises:
+            LakeError: the lake breaks the contract.
+            UsageError: an unknown engine or ``on_invalid``.
+        """
+        if date_from is None:
+            raise UsageError("a session needs date_from (the first delivery date of its runs)")
+        get_engine(engine)
+        if on_invalid not in ("raise", "drop"):
+            raise UsageError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
+        self.date_from, self.date_to = date_from, date_to or date_from
+        self.engine, self.on_invalid = engine, on_invalid
+        self.client = client
+        self._run = _Executor(client)
+        self._last: SessionResult | None = None
+        self.seconds: dict[str, float] = {}
+        t = time.perf_counter()
+        self.lake: Lake = open_lake(lake, storage_options)
+        self.fingerprint = self.lake.fingerprint()
+        self.rejected_small: dict[str, list[pd.DataFrame]] = {}
+        self.catalog, self.stock, self.small_rows, self.problems = load_catalog(
+            self.lake, on_invalid, self.rejected_small)
+        frames, self.layout = read_user_tables(self.lake,
+                                               users_per_partition=users_per_partition)
+        self.partitions = frames["users"].npartitions
+        parts = {name: frames[name].to_delayed() for name in USER_KEYED}
+        bounds = self.lake.manifest["bounds"] if self.layout == "co-partitioned" and \
+            self.lake.manifest else None
+        task = dask.delayed(prepare_task, pure=True)
+        tasks = [task(i, (bounds[i], bounds[i + 1]) if bounds else None, self.catalog,
+                      self.date_from, self.date_to, on_invalid, engine,
+                      *[parts[name][i] for name in USER_KEYED])
+                 for i in range(self.partitions)]
+        self.seconds["read"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        if client is None:
+            self._prepared: list[Any] = list(dask.compute(*tasks))
+        else:
+            from distributed import futures_of
+
+            persisted = client.persist(tasks)
+            self._prepared = [futures_of(p)[0] for p in persisted]
+            self._persisted = persisted
+        stats = self._run.gather(self._run.map(_stats_of, self._prepared))
+        total = stats[0]
+        for s in stats[1:]:
+            total = total + s
+        self.stats = total
+        self.seconds["prepare"] = round(time.perf_counter() - t, 3)
+        log.info("session: lake %s prepared, %d partitions (%s) in %.1f s", lake,
+                 self.partitions, self.layout, self.seconds["read"] + self.seconds["prepare"])
+
+    @property
+    def problems_found(self) -> list[InvalidValues]:
+        """Invalid values found and dropped (``on_invalid="drop"``)."""
+        return self.problems + self.stats.problems
+
+    def run(self, params: Params | Mapping[str, Any] | None = None, *, stock_aware: bool = False,
+            stock: pd.DataFrame | float | None = None, date_from: dt.date | None = None,
+            date_to: dt.date | None = None,
+            on_round: Callable[[int, int], None] | None = None) -> SessionResult:
+        """Pre-assign the session's lake, without reading it again.
+
+        Args:
+            params: rule parameters (a :class:`Params` or a mapping of overrides).
+            stock_aware: SPEC §6 (what the boxes will be with the stock on hand) instead of
+                SPEC §3 (what they would take).
+            stock: the stock to use instead of the lake's: a frame of ``snack_id``,
+                ``quantity`` (snacks missing from it have 0), or a number scaling the lake's
+                quantities (rounded down), e.g. ``0.9``.
+            date_from: the first delivery date (default: the session's).
+            date_to: the last delivery date (default: the session's, or ``date_from``).
+            on_round: called with (round, cutoffs moved) after each round of a stock-aware run.
+
+        Returns:
+            The run's demand, shortage (SPEC §3) or reservations (SPEC §6), and summary.
+
+        Raises:
+            InputError: a stock-aware run on a lake without a stock table, or one that did not
+                settle within ``stock_max_rounds`` rounds.
+        """
+        if isinstance(params, Params):
+            rule = params
+        else:
+            rule = Params.from_mapping(params)
+        date_from = date_from or self.date_from
+        date_to = date_to or (self.date_to if date_from == self.date_from else date_from)
+        if date_to < date_from:
+            raise UsageError(f"date_to {date_to} is before date_from {date_from}")
+        stock_frame = self._stock(stock)
+        if stock_aware and stock_frame is None:
+            raise InputError(
+                "a stock-aware run needs the lake's table 'stock' (snack_id, quantity): the "
+                f"lake {self.lake.url!r} has none; add it, or run without --stock-aware")
+        if self._last is not None:
+            self._last.release()
+        started = time.perf_counter()
+        stats = self.stats
+        if (date_from, date_to) != (self.date_from, self.date_to):
+            days = self._run.gather(self._run.map(_targets_of, self._prepared,
+                                                  date_from=date_from, date_to=date_to))
+            by_day: dict[int, int] = {}
+            for part in days:
+                for d, n in part.items():
+                    by_day[d] = by_day.get(d, 0) + n
+            stats = dataclasses.replace(stats, targeted_by_day=by_day,
+                                        users_targeted=sum(by_day.values()))
+        prior = snack_prior(stats.rating_sum, stats.rating_count, rule)
+        parts = self._run.map(_start, self._prepared, engine=self.engine, catalog=self.catalog,
+                              prior=prior, date_from=date_from, date_to=date_to, params=rule)
+        extra: dict[str, Any] = {}
+        cutoffs = None
+        if stock_aware:
+            assert stock_frame is not None
+            q = stock_by_column(stock_frame, self.catalog.snack_id)
+            cluster = _ClusterPartitions(self._run, parts, self.catalog, prior, rule)
+            cutoffs, n_rounds = run_rounds(cluster, q, self.catalog.snack_id,
+                                           rule.stock_max_rounds, on_round)
+            parts = cluster.parts
+            extra["rounds"] = n_rounds
+        outcomes = self._run.gather(self._run.map(_outcome, parts, catalog=self.catalog))
+        total = outcomes[0]
+        for o in outcomes[1:]:
+            total = total + o
+        demand = combine_demand(total.demand) if len(total.demand) else total.demand
+        shortage = reservations = None
+        if stock_aware:
+            assert cutoffs is not None and stock_frame is not None
+            q = stock_by_column(stock_frame, self.catalog.snack_id)
+            reservations = compute_reservations(
+                self.catalog.snack_id, q, total.units_first, total.units_final,
+                total.boxes_lost, total.boxes_gained, cutoffs.limited, cutoffs.day)
+            extra.update(
+                stock_aware=True, boxes_changed=total.boxes_changed,
+                boxes_short_unconstrained=int(stats.users_targeted - total.full_first),
+                units_unconstrained=int(total.units_first.sum()),
+                snacks_limited=int(cutoffs.limited[total.units_first > 0].sum()))
+        elif stock_frame is not None:
+            shortage = compute_shortage(demand, stock_frame)
+        summary = {"full_by_day": total.full_by_day, "seconds": round(
+            time.perf_counter() - started, 3), **extra}
+        result = SessionResult(rule, date_from, date_to, stock_aware, prior, demand, shortage,
+                               reservations, summary, stats, parts, self)
+        self._last = result
+        return result
+
+    def _stock(self, stock: pd.DataFrame | float | None) -> pd.DataFrame | None:
+        if stock is None:
+            return self.stock
+        if isinstance(stock, pd.DataFrame):
+            missing = [c for c in ("snack_id", "quantity") if c not in stock.columns]
+            if missing:
+                raise UsageError(f"stock needs columns snack_id, quantity (missing "
+                                 f"{', '.join(missing)})")
+            frame = stock[["snack_id", "quantity"]].astype(np.int64)
+            if (frame["quantity"] < 0).any():
+                raise UsageError("stock quantities must be >= 0")
+            return frame[np.isin(frame["snack_id"], self.catalog.snack_id)].reset_index(
+                drop=True)
+        scale = float(stock)
+        if not scale >= 0:
+            raise UsageError(f"a stock scale must be a number >= 0, got {stock!r}")
+        if self.stock is None:
+            raise InputError("the lake has no stock table to scale")
+        scaled = self.stock.copy()
+        scaled["quantity"] = np.floor(scaled["quantity"].to_numpy(np.float64) * scale).astype(
+            np.int64)
+        return scaled
+
+    def close(self) -> None:
+        """Release the prepared partitions (and the last run's boxes) on the cluster."""
+        if self._last is not None:
+            self._last.release()
+            self._last = None
+        self._run.release(self._prepared)
+        self._prepared = []
+        self._persisted = []
+
+    def __enter__(self) -> Session:
+        """Use the session as a context manager (closed at the end)."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the session."""
+        self.close()
