@@ -25,9 +25,15 @@ demo: $(STAMP)  ## synthetic lake of 100k users under data/, then a two-week pre
 	@test -f data/lake/_lake.json || $(BIN)/preassign synth --out data/lake --users $(USERS) --date $(DATE) --loglevel WARNING
 	$(BIN)/preassign run --lake data/lake --date $(DATE) --until $(UNTIL) --out data/run --overwrite --loglevel WARNING
 
-lint: $(STAMP)  ## ruff (style, docstrings, imports, bugbear) and mypy on preassign/
+lint: $(STAMP)  ## ruff, mypy on preassign/, checkov on cluster/ (own venv: its pins clash with dask's)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	@test -x $(VENV)/checkov/bin/checkov -a $(VENV)/checkov/.lock -nt cluster/checkov.lock || { \
+	  $(BIN)/python -m venv $(VENV)/checkov && \
+	  $(VENV)/checkov/bin/python -m pip install --quiet --no-deps --require-hashes -r cluster/checkov.lock && \
+	  cp cluster/checkov.lock $(VENV)/checkov/.lock; }
+	$(VENV)/checkov/bin/checkov --directory cluster --framework cloudformation dockerfile \
+	  --skip-download --quiet --compact
 
 test: $(STAMP)  ## the default test suite (about 6 minutes on 2 cores)
 	$(BIN)/python -m pytest

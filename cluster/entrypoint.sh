@@ -11,7 +11,68 @@
 # runs "dask scheduler" / "dask worker" with the same arguments. distributed 2026.6 removed
 # those two executables, and dask-cloudprovider's FargateCluster still starts its tasks
 # with them.
+#
+# Installed as /usr/local/bin/preassign-healthcheck it is the container health check (the
+# image's HEALTHCHECK and the stack's task definitions): it finds the container's Dask
+# scheduler or worker (or takes PREASSIGN_HEALTHCHECK_PID) and exits 0 only while it
+# listens on its port (--port, default 8786, or --nanny-port). It reads /proc only: no connection, so no TLS handshake noise in the
+# logs, and no secret is fetched. Other commands (the scheduled run, the extraction) are
+# healthy while they run.
 set -eu
+
+healthcheck() {
+    python - <<'PY'
+import os
+import sys
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
+
+
+def role_of(args):
+    return next((a for a in args[1:4] if a in ("scheduler", "worker")), None)
+
+
+given = os.environ.get("PREASSIGN_HEALTHCHECK_PID")
+if given:
+    args = cmdline(given)
+    if args is None:
+        sys.exit(f"preassign-healthcheck: process {given} is gone")
+    candidates = [args]
+else:  # the first Dask scheduler or worker of the container, whatever PID 1 is
+    pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    candidates = [a for a in map(cmdline, pids) if a and role_of(a)][:1]
+if not candidates or role_of(candidates[0]) is None:
+    sys.exit(0)  # the scheduled run or the extraction: healthy while it runs
+args = candidates[0]
+role = role_of(args)
+flag, port = ("--port", 8786) if role == "scheduler" else ("--nanny-port", None)
+if flag in args[:-1]:
+    port = int(args[args.index(flag) + 1])
+if port is None:
+    sys.exit(0)
+wanted = f"{port:04X}"
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    try:
+        with open(table) as f:
+            rows = [line.split() for line in f.readlines()[1:]]
+    except OSError:
+        continue
+    if any(r[1].rsplit(":", 1)[1] == wanted and r[3] == "0A" for r in rows):
+        sys.exit(0)
+sys.exit(f"preassign-healthcheck: the {role} does not listen on port {port}")
+PY
+}
+
+if [ "$(basename "$0")" = "preassign-healthcheck" ]; then
+    healthcheck
+    exit 0
+fi
 
 fetch_tls() {
     python - <<'PY'

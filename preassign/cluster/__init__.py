@@ -14,11 +14,18 @@ Modules, lowest first (each imports only the ones above it):
 
 * :mod:`.config`: the defaults file (package data), :class:`ClusterSpec`,
   :func:`parse_adapt`, the Fargate size table and every check of values and their
-  combinations. No AWS and no ``distributed`` imports, so settings can be parsed and
-  checked (and tested) without them.
+  combinations, :func:`check_scheduler_address` (no plain ``tcp://`` off this machine).
+  No AWS and no ``distributed`` imports, so settings can be parsed and checked (and
+  tested) without them.
+* :mod:`.identity`: personal client certificates (ACM Private CA), the interim shared
+  client identity, and :func:`~.identity.check_client_certificate` (expiry), run before
+  connecting. ``botocore`` and ``cryptography`` are imported only to issue or fetch.
+* :mod:`.preflight`: checks of the lake and output buckets a rollout needs (Block Public
+  Access, TLS-only policy, SSE-KMS, versioning, prefixes), through ``botocore``.
 * :mod:`.fargate`: dask-cloudprovider's ``FargateCluster``: :func:`fargate_kwargs` (where
   the security decisions live), :func:`build_task_commands` (the exact commands the tasks
-  run), starting the cluster, closing it at exit and deregistering its task definitions.
+  run), :func:`~.fargate.check_task_definitions` (the stack's task definitions against
+  the settings), starting the cluster and closing it at exit.
 * :mod:`.client`: :func:`open_client`, :func:`close_client`, :func:`check_versions` and
   :class:`ClusterVersionMismatch`; starting a LocalCluster, connecting to an address,
   shutting down.
@@ -43,11 +50,13 @@ from .config import _STACK_OUTPUTS as _STACK_OUTPUTS  # for the cloudformation.y
 from .config import (
     BUILTIN_DEFAULTS,
     CONFIG_ENV_VAR,
+    INSECURE_SCHEDULER_FLAG,
     MIN_WORKER_MEMORY,
     TLS_FILE_NAMES,
     ClusterSpec,
     MissingFileError,
     check_memory_limit,
+    check_scheduler_address,
     default_config_path,
     load_defaults,
     parse_adapt,
@@ -74,6 +83,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILTIN_DEFAULTS",
     "CONFIG_ENV_VAR",
+    "INSECURE_SCHEDULER_FLAG",
     "MIN_WORKER_MEMORY",
     "PROJECT_TAGS",
     "TLS_DIR_ENV_VAR",
@@ -87,6 +97,7 @@ __all__ = [
     "SchedulerUnreachableError",
     "build_task_commands",
     "check_memory_limit",
+    "check_scheduler_address",
     "check_versions",
     "close_client",
     "default_config_path",

@@ -11,15 +11,18 @@ run the same versions of the packages that matter, and closes whatever it starte
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import distributed
+from dask.utils import parse_timedelta
 
 from ..errors import InfrastructureError
-from .config import ClusterSpec, check_tls_files, resolve_settings
+from .config import ClusterSpec, check_tls_files, resolve_settings, tls_paths
 from .fargate import client_security, fargate_kwargs, shutdown_cluster, start_fargate_cluster
+from .identity import check_client_certificate
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +137,7 @@ def open_client(spec: ClusterSpec, *, keep_open: bool = False) -> Iterator[distr
             cluster = _start_local_cluster(s)
         elif kind == "fargate":
             kwargs = fargate_kwargs(spec)
-            check_tls_files(s)
+            _check_client_identity(s)
             cluster = start_fargate_cluster(kwargs)
         if cluster is None:
             client = _connect_to_scheduler(s)
@@ -251,7 +254,7 @@ def _connect_to_scheduler(s: Mapping[str, Any]) -> distributed.Client:
     address = s["kind"]
     security = None
     if address.startswith("tls://"):
-        check_tls_files(s)
+        _check_client_identity(s)
         security = client_security(s)
     try:
         return distributed.Client(address, security=security, timeout=s["connect_timeout"])
@@ -261,6 +264,13 @@ def _connect_to_scheduler(s: Mapping[str, Any]) -> distributed.Client:
             f"{s['connect_timeout']} s ({e}); check that it runs and that this machine can "
             "reach it"
         ) from e
+
+
+def _check_client_identity(s: Mapping[str, Any]) -> None:
+    """This machine's TLS files exist, the key is private, the certificate is current."""
+    check_tls_files(s)
+    warn_before = dt.timedelta(seconds=parse_timedelta(s["tls_expiry_warning"]))
+    check_client_certificate(tls_paths(s)["tls_cert"], warn_before=warn_before)
 
 
 def _wait_for_first_worker(client: distributed.Client, s: Mapping[str, Any]) -> None:

@@ -16,7 +16,9 @@ of its kind and checks the values and their combinations.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -32,8 +34,9 @@ from ..errors import UsageError
 __all__ = [
     "BUILTIN_DEFAULTS", "CONFIG_ENV_VAR", "DEFAULTS_FILE_NAME", "MIN_WORKER_MEMORY",
     "TLS_FILE_NAMES", "ClusterSpec", "MissingFileError", "check_memory_limit",
-    "check_stack_settings", "check_tls_files", "default_config_path", "load_defaults",
-    "packaged_defaults_path", "parse_adapt", "resolve_settings", "tls_paths",
+    "check_scheduler_address", "check_stack_settings", "check_tls_files",
+    "default_config_path", "load_defaults",
+    "packaged_defaults_path", "parse_adapt", "resolve_settings", "stack_defaults", "tls_paths",
 ]
 
 CONFIG_ENV_VAR = "PREASSIGN_CLUSTER_CONFIG"
@@ -66,7 +69,11 @@ _FARGATE_MEMORY: dict[int, tuple[int, ...]] = {
 _TLS_KEYS = {"tls_ca_file": "ca_file", "tls_cert": "cert", "tls_key": "key"}
 
 # Settings that are ARNs, and settings that are any non-empty string.
-_ARN_SETTINGS = ("cluster_arn", "execution_role_arn", "task_role_arn", "tls_secret_arn")
+_ARN_SETTINGS = (
+    "cluster_arn", "execution_role_arn", "task_role_arn", "tls_secret_arn",
+    "scheduler_task_definition_arn", "worker_task_definition_arn",
+)
+_BOOL_SETTINGS = ("fargate_spot", "dashboard", "enable_exec", "insecure_scheduler")
 _TEXT_SETTINGS = (
     "image", "region", "log_group", "task_tls_dir", "tls_ca_file", "tls_cert", "tls_key"
 )
@@ -82,7 +89,12 @@ _STACK_OUTPUTS = {
     "task_role_arn": "TaskRoleArn",
     "log_group": "LogGroupName",
     "tls_secret_arn": "TlsSecretArn",
+    "scheduler_task_definition_arn": "SchedulerTaskDefinitionArn",
+    "worker_task_definition_arn": "WorkerTaskDefinitionArn",
 }
+
+INSECURE_SCHEDULER_FLAG = "--insecure-scheduler"
+"""The CLI flag that allows a plain ``tcp://`` scheduler on another machine."""
 
 
 class MissingFileError(UsageError, FileNotFoundError):
@@ -151,7 +163,11 @@ class ClusterSpec:
         execution_role_arn: Role ECS uses to pull the image and write logs.
         task_role_arn: Role the scheduler and workers run as.
         log_group: CloudWatch Logs group name for task output.
+        scheduler_task_definition_arn: The stack's scheduler task definition.
+        worker_task_definition_arn: The stack's worker task definition.
         tls_secret_arn: Secrets Manager secret the tasks read their TLS files from.
+        dashboard: Serve the scheduler's dashboard on 127.0.0.1 inside its task.
+        enable_exec: Turn on ECS Exec for the scheduler task (dashboard port forwarding).
         task_tls_dir: Directory inside the tasks where those files are written.
         scheduler_port: Scheduler TCP port in the tasks.
         worker_port: Worker TCP port in the tasks.
@@ -161,6 +177,8 @@ class ClusterSpec:
         tls_cert: This machine's client certificate (PEM path).
         tls_key: This machine's client key (PEM path).
         connect_timeout: Seconds to wait for the scheduler and for the first worker.
+        insecure_scheduler: Allow a plain ``tcp://`` scheduler that is not on this machine
+            (see :func:`check_scheduler_address`).
         config_path: Defaults file to lay over the packaged defaults instead of the one
             named by PREASSIGN_CLUSTER_CONFIG.
 
@@ -189,7 +207,11 @@ class ClusterSpec:
     execution_role_arn: str | None = None
     task_role_arn: str | None = None
     log_group: str | None = None
+    scheduler_task_definition_arn: str | None = None
+    worker_task_definition_arn: str | None = None
     tls_secret_arn: str | None = None
+    dashboard: bool | None = None
+    enable_exec: bool | None = None
     task_tls_dir: str | None = None
     scheduler_port: int | None = None
     worker_port: int | None = None
@@ -199,6 +221,7 @@ class ClusterSpec:
     tls_cert: str | None = None
     tls_key: str | None = None
     connect_timeout: float | None = None
+    insecure_scheduler: bool | None = None
     config_path: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
@@ -388,8 +411,11 @@ def resolve_settings(spec: ClusterSpec) -> dict[str, Any]:
     settings: dict[str, Any] = {"kind": kind, "connect_timeout": defaults["connect_timeout"]}
     if kind in ("local", "fargate"):
         settings.update(defaults[kind])
+    if kind.startswith("tcp://"):
+        settings["insecure_scheduler"] = defaults["insecure_scheduler"]
     if kind == "fargate" or kind.startswith("tls://"):
         settings.update({name: defaults["tls"][key] for name, key in _TLS_KEYS.items()})
+        settings["tls_expiry_warning"] = defaults["tls"]["expiry_warning"]
     given = _given_fields(spec)
     _check_fields_apply(kind, given)
     _check_values(settings, source=source)
@@ -400,7 +426,56 @@ def resolve_settings(spec: ClusterSpec) -> dict[str, Any]:
         if name in settings:
             settings[name] = tuple(settings[name] or ())
     _check_combination(settings, spec)
+    if kind.startswith(("tcp://", "tls://")):
+        check_scheduler_address(kind, insecure=bool(settings.get("insecure_scheduler")))
     return settings
+
+
+def check_scheduler_address(address: str, *, insecure: bool = False) -> None:
+    """Refuse a plain ``tcp://`` scheduler that is not on this machine.
+
+    Everything a client sends a scheduler travels in its task graph: the functions, their
+    arguments (a source database URL among them) and the results. Over ``tcp://`` that is
+    unencrypted, and whoever can reach the port can submit code that runs as the workers.
+    ``tls://`` addresses (mutual TLS, :func:`check_tls_files`) and loopback ``tcp://``
+    addresses (a LocalCluster, an SSH or Session Manager tunnel) are fine.
+
+    Args:
+        address: A scheduler address, ``tcp://host:port`` or ``tls://host:port``.
+        insecure: Allow a plain ``tcp://`` scheduler elsewhere (the CLI's
+            ``--insecure-scheduler``), on a network you trust.
+
+    Raises:
+        UsageError: Naming the address and the two ways out.
+
+    Examples:
+        >>> check_scheduler_address("tcp://127.0.0.1:8786")
+        >>> check_scheduler_address("tls://10.0.1.23:8786")
+        >>> check_scheduler_address("tcp://10.0.1.23:8786", insecure=True)
+    """
+    scheme, _, rest = address.partition("://")
+    if scheme != "tcp":
+        return
+    host = rest.rpartition(":")[0] if ":" in rest else rest
+    if _is_loopback(host) or insecure:
+        return
+    raise UsageError(
+        f"the scheduler {address} is not on this machine, and plain tcp:// would send the "
+        "task graph (the source database URL among it) and every result unencrypted, and "
+        "let anyone who can reach the port run code as the workers. Use "
+        "tls://host:port with the cluster's TLS files (cluster/README.md), tunnel the port "
+        f"to 127.0.0.1, or, on a network you trust, pass {INSECURE_SCHEDULER_FLAG}"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    text = host.strip().strip("[]").lower()
+    if text in ("localhost", "") or text.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
 
 
 def check_stack_settings(settings: Mapping[str, Any]) -> None:
@@ -426,6 +501,61 @@ def check_stack_settings(settings: Mapping[str, Any]) -> None:
         )
 
 
+def stack_defaults(stack: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn a deployed stack's description into a cluster defaults file's content.
+
+    Args:
+        stack: One entry of CloudFormation's ``describe-stacks`` answer (``Outputs`` and
+            ``Parameters`` lists), as ``aws cloudformation describe-stacks`` prints it.
+
+    Returns:
+        ``{"fargate": {...}, "tls": {...}}`` with every setting the stack decides: ARNs,
+        network, the task definitions and their sizes, the image, the identity settings.
+        Write it as YAML and name it with ``PREASSIGN_CLUSTER_CONFIG``.
+
+    Raises:
+        UsageError: If an output this needs is missing (not a stack of
+            ``cluster/cloudformation.yaml``).
+    """
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    parameters = {p["ParameterKey"]: p.get("ResolvedValue", p.get("ParameterValue", ""))
+                  for p in stack.get("Parameters", [])}
+    needed = [o.split(",")[0] for o in _STACK_OUTPUTS.values()] + ["ServerCaParameterName"]
+    missing = sorted({o for o in needed if o not in outputs} |
+                     {p for p in ("ImageTag", "SchedulerCpu", "SchedulerMemory", "WorkerCpu",
+                                  "WorkerMemory", "CpuArchitecture", "EnableExec")
+                      if p not in parameters})
+    if missing:
+        raise UsageError(f"the stack description lacks {', '.join(missing)}; is it a stack of "
+                         "cluster/cloudformation.yaml, fully deployed?")
+    fargate = {
+        "image": f"{outputs['RepositoryUri']}:{parameters['ImageTag']}",
+        "region": outputs["ClusterArn"].split(":")[3],
+        "cluster_arn": outputs["ClusterArn"],
+        "vpc": outputs["VpcId"],
+        "subnets": outputs["SubnetIds"].split(","),
+        "security_groups": [outputs["SecurityGroupId"]],
+        "execution_role_arn": outputs["ExecutionRoleArn"],
+        "task_role_arn": outputs["TaskRoleArn"],
+        "log_group": outputs["LogGroupName"],
+        "tls_secret_arn": outputs["TlsSecretArn"],
+        "scheduler_task_definition_arn": outputs["SchedulerTaskDefinitionArn"],
+        "worker_task_definition_arn": outputs["WorkerTaskDefinitionArn"],
+        "scheduler_cpu": int(parameters["SchedulerCpu"]),
+        "scheduler_mem": int(parameters["SchedulerMemory"]),
+        "worker_cpu": int(parameters["WorkerCpu"]),
+        "worker_mem": int(parameters["WorkerMemory"]),
+        "cpu_architecture": parameters["CpuArchitecture"],
+        "enable_exec": parameters["EnableExec"] == "true",
+    }
+    tls: dict[str, Any] = {"server_ca_parameter": outputs["ServerCaParameterName"]}
+    if parameters.get("PrivateCaArn"):
+        tls["private_ca_arn"] = parameters["PrivateCaArn"]
+    if outputs.get("ClientTlsSecretArn"):
+        tls["client_secret_arn"] = outputs["ClientTlsSecretArn"]
+    return {"fargate": fargate, "tls": tls}
+
+
 def tls_paths(settings: Mapping[str, Any]) -> dict[str, str]:
     """Return this machine's TLS files with ``~`` expanded.
 
@@ -447,13 +577,32 @@ def check_tls_files(settings: Mapping[str, Any]) -> None:
     Raises:
         MissingFileError: Naming each missing file and how to make it.
     """
-    missing = [f"{name} {path}" for name, path in tls_paths(settings).items()
-               if not Path(path).is_file()]
+    paths = tls_paths(settings)
+    missing = [f"{name} {path}" for name, path in paths.items() if not Path(path).is_file()]
     if missing:
         raise MissingFileError(
             f"TLS file(s) not found: {'; '.join(missing)}. Create them with "
-            "cluster/tls/make-certs.sh and upload them to the stack's TLS secret "
-            "(see cluster/README.md), or point tls.ca_file/cert/key at existing files."
+            "cluster/tls/make-certs.sh (the stack's interim identities) or get your personal "
+            "client certificate with python -m preassign.cluster.identity issue (see "
+            "cluster/README.md), or point tls.ca_file/cert/key at existing files."
+        )
+    check_key_file_mode(paths["tls_key"])
+
+
+def check_key_file_mode(path: str | os.PathLike[str]) -> None:
+    """Refuse a private key file that other users may read or write (as ssh does).
+
+    Args:
+        path: The key file.
+
+    Raises:
+        UsageError: If group or others have any permission on it, with the ``chmod``.
+    """
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsageError(
+            f"TLS key {path} is accessible by other users (mode {mode:04o}); whoever reads "
+            f"it can run code on the cluster as you. Run: chmod 600 {path}"
         )
 
 
@@ -471,6 +620,8 @@ def _check_fields_apply(kind: str, given: Mapping[str, Any]) -> None:
     allowed = {"connect_timeout"}
     if kind in ("local", "fargate"):
         allowed |= set(BUILTIN_DEFAULTS[kind])
+    if kind.startswith("tcp://"):
+        allowed.add("insecure_scheduler")
     if kind == "fargate" or kind.startswith("tls://"):
         allowed |= set(_TLS_KEYS)
     misplaced = sorted(set(given) - allowed)
@@ -486,6 +637,8 @@ def _applies_to(name: str) -> str:
     places = [kind for kind in ("local", "fargate") if name in BUILTIN_DEFAULTS[kind]]
     if name in _TLS_KEYS:
         places += ["fargate", "tls:// addresses"]
+    if name == "insecure_scheduler":
+        places.append("tcp:// addresses")
     return ", ".join(places) or "no cluster kind"
 
 
@@ -562,8 +715,14 @@ def _check_values(values: Mapping[str, Any], *, source: str) -> None:
                 fail(name, 'a positive Dask duration such as "1 hour" or "90 minutes"')
         elif name == "cpu_architecture" and value not in ("X86_64", "ARM64"):
             fail(name, "X86_64 or ARM64")
-        elif name == "fargate_spot" and not isinstance(value, bool):
+        elif name in _BOOL_SETTINGS and not isinstance(value, bool):
             fail(name, "true or false")
+        elif name == "tls_expiry_warning":
+            try:
+                if not isinstance(value, str) or parse_timedelta(value) < 0:
+                    raise ValueError
+            except (ValueError, TypeError, KeyError):
+                fail(name, 'a Dask duration such as "7 days"')
         elif name in ("scheduler_port", "worker_port", "nanny_port") and not (
             _is_int(value) and 1 <= value <= 65535
         ):

@@ -4,9 +4,16 @@
 decisions live there:
 
 * Tasks get private IPs only and the security group of the CloudFormation stack
-  (``cluster/cloudformation.yaml``), whose ingress comes only from itself. Left alone,
-  FargateCluster creates a group open to 0.0.0.0/0 and ::/0 on 8786-8787, plus its own
-  roles and ECS cluster; we refuse to start without the stack's.
+  (``cluster/cloudformation.yaml``), whose ingress comes only from itself (and, on the
+  scheduler port only, from an optional client group). Left alone, FargateCluster creates
+  a group open to 0.0.0.0/0 and ::/0 on 8786-8787, plus its own roles and ECS cluster; we
+  refuse to start without the stack's.
+* The tasks run the stack's own task definitions (``scheduler_task_definition_arn``,
+  ``worker_task_definition_arn``): people need no ``ecs:RegisterTaskDefinition`` (which
+  cannot be scoped) and can run only the stack's image with the stack's roles.
+  :func:`check_task_definitions` compares them with the settings before anything starts.
+* The scheduler's dashboard (logs, stacks, task names) listens on 127.0.0.1 inside its
+  task only, or not at all; it is reached by Session Manager port forwarding.
 * Client, scheduler and workers talk mutual TLS. The scheduler and worker commands get
   ``--tls-ca-file/--tls-cert/--tls-key`` through ``scheduler_extra_args`` and
   ``worker_extra_args``; the files are written inside each task by the image's entry
@@ -35,7 +42,6 @@ import dataclasses
 import logging
 import threading
 import warnings
-import weakref
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 from types import MappingProxyType
@@ -44,7 +50,7 @@ from typing import Any
 from distributed.core import Status
 from distributed.security import Security
 
-from ..errors import UsageError
+from ..errors import InfrastructureError, UsageError
 from .config import (
     TLS_FILE_NAMES,
     ClusterSpec,
@@ -60,6 +66,7 @@ __all__ = [
     "TLS_DIR_ENV_VAR",
     "TLS_SECRET_ENV_VAR",
     "build_task_commands",
+    "check_task_definitions",
     "client_security",
     "fargate_kwargs",
     "shutdown_cluster",
@@ -75,11 +82,11 @@ TLS_DIR_ENV_VAR = "PREASSIGN_TLS_DIR"
 PROJECT_TAGS = MappingProxyType({"project": "preassign"})
 """Tags put on every task definition and task, before the user's own."""
 
-# dask-cloudprovider's weakref.finalize callbacks that deregister its task definitions.
-_TASK_DEFINITION_CLEANUPS = {
-    "_delete_scheduler_task_definition_arn",
-    "_delete_worker_task_definition_arn",
-}
+DASHBOARD_ADDRESS = "127.0.0.1:8787"
+"""Where the scheduler's dashboard listens inside its task: loopback only."""
+
+# The container names RunTask's overrides use (dask-cloudprovider names them "dask-<type>").
+_CONTAINER_NAMES = {"scheduler": "dask-scheduler", "worker": "dask-worker"}
 
 # dask-cloudprovider's TLS consistency check compares type(arg) to the string "str", so it
 # warns on every TLS-configured cluster; the match is on the start of its message.
@@ -133,6 +140,12 @@ def fargate_kwargs(spec: ClusterSpec) -> dict[str, Any]:
     n_workers = adapt[0] if adapt and spec.workers is None else s["workers"]
     nthreads = s["threads_per_worker"] or max(s["worker_cpu"] // 1024, 1)
     tls_dir = PurePosixPath(s["task_tls_dir"])
+    # --no-dashboard drops only the bokeh pages: distributed still serves /info (logs, call
+    # stacks, worker details), /json and /metrics on the dashboard address, by default on
+    # every interface. So the address is always loopback.
+    dashboard = ["--dashboard-address", DASHBOARD_ADDRESS]
+    if not s["dashboard"]:
+        dashboard = ["--no-dashboard", *dashboard]
     task_tls_args = [
         "--tls-ca-file",
         str(tls_dir / TLS_FILE_NAMES["ca"]),
@@ -160,7 +173,13 @@ def fargate_kwargs(spec: ClusterSpec) -> dict[str, Any]:
         "scheduler_port": s["scheduler_port"],
         "scheduler_timeout": s["idle_timeout"],
         # --port first: dask-cloudprovider reads the port from index 1 of these args.
-        "scheduler_extra_args": ["--port", str(s["scheduler_port"]), *task_tls_args],
+        "scheduler_extra_args": ["--port", str(s["scheduler_port"]), *dashboard,
+                                 *task_tls_args],
+        # The stack's task definitions: FargateCluster registers none of its own.
+        "scheduler_task_definition_arn": s["scheduler_task_definition_arn"],
+        "worker_task_definition_arn": s["worker_task_definition_arn"],
+        # Passed into RunTask: ECS Exec (Session Manager) on the scheduler only when asked.
+        "scheduler_task_kwargs": {"enableExecuteCommand": bool(s["enable_exec"])},
         "worker_cpu": s["worker_cpu"],
         "worker_mem": s["worker_mem"],
         "worker_nthreads": nthreads,
@@ -169,8 +188,12 @@ def fargate_kwargs(spec: ClusterSpec) -> dict[str, Any]:
             str(s["worker_port"]),
             "--nanny-port",
             str(s["nanny_port"]),
-            # One listening port fewer; the image has no bokeh to draw a dashboard anyway.
+            # A worker's dashboard shows what the scheduler's does, per worker (the image
+            # does have bokeh, for the scheduler's loopback-only dashboard). Its HTTP server
+            # (/metrics, /health) still runs, so it listens on loopback, any port.
             "--no-dashboard",
+            "--dashboard-address",
+            "127.0.0.1:0",
             *task_tls_args,
         ],
         "environment": {
@@ -238,8 +261,79 @@ def build_task_commands(
     return {"scheduler": scheduler, "worker": worker}
 
 
+def check_task_definitions(kwargs: Mapping[str, Any], *, ecs: Any = None) -> None:
+    """Check the stack's task definitions against the settings, before any task starts.
+
+    FargateCluster runs the given task definitions as they are, overriding only the
+    command and environment: their size, image, roles and container names must be the
+    ones the settings describe, or the workers would get a ``--memory-limit`` above their
+    task's memory, or run another image than the one the versions are checked against.
+
+    Args:
+        kwargs: The keyword arguments from :func:`fargate_kwargs`.
+        ecs: A botocore ``ecs`` client (tests); default one for the ARNs' region.
+
+    Raises:
+        UsageError: Listing every difference and how to resolve it.
+        InfrastructureError: If a task definition cannot be described.
+    """
+    arns = {"scheduler": kwargs["scheduler_task_definition_arn"],
+            "worker": kwargs["worker_task_definition_arn"]}
+    if ecs is None:
+        import botocore.session
+
+        region = kwargs.get("region_name") or arns["scheduler"].split(":")[3] or None
+        ecs = botocore.session.get_session().create_client("ecs", region_name=region)
+    problems: list[str] = []
+    for role, arn in arns.items():
+        try:
+            definition = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]
+        except Exception as e:  # ClientError, no credentials, endpoint unreachable
+            error = (getattr(e, "response", None) or {}).get("Error", {})
+            raise InfrastructureError(
+                f"cannot describe the {role} task definition {arn} "
+                f"({error.get('Code', type(e).__name__)}: {error.get('Message', e)}); check "
+                f"{role}_task_definition_arn against the stack output and your AWS access"
+            ) from None
+        problems += _task_definition_problems(role, arn, definition, kwargs)
+    if problems:
+        raise UsageError(
+            "the stack's task definitions do not match the cluster settings: "
+            + "; ".join(problems)
+            + ". Redeploy the stack with the sizes and ImageTag you want (SchedulerCpu, "
+            "SchedulerMemory, WorkerCpu, WorkerMemory, ImageTag) and copy its outputs into "
+            "your cluster defaults file, or drop the options that differ"
+        )
+
+
+def _task_definition_problems(role: str, arn: str, definition: Mapping[str, Any],
+                              kwargs: Mapping[str, Any]) -> list[str]:
+    name = _CONTAINER_NAMES[role]
+    containers = {c.get("name"): c for c in definition.get("containerDefinitions", [])}
+    expected = {
+        "status": ("ACTIVE", definition.get("status")),
+        "cpu": (str(kwargs[f"{role}_cpu"]), str(definition.get("cpu"))),
+        "memory": (str(kwargs[f"{role}_mem"]), str(definition.get("memory"))),
+        "taskRoleArn": (kwargs["task_role_arn"], definition.get("taskRoleArn")),
+        "executionRoleArn": (kwargs["execution_role_arn"], definition.get("executionRoleArn")),
+        "cpuArchitecture": (kwargs["cpu_architecture"],
+                            (definition.get("runtimePlatform") or {}).get("cpuArchitecture",
+                                                                          "X86_64")),
+        "image": (kwargs["image"], containers.get(name, {}).get("image")),
+    }
+    problems = [f"{role} {key} is {actual!r} in {arn}, the settings say {want!r}"
+                for key, (want, actual) in expected.items() if want != actual]
+    if name not in containers:
+        problems.append(f"{arn} has no container named {name!r} (RunTask overrides that one)")
+    if "FARGATE" not in definition.get("requiresCompatibilities", []):
+        problems.append(f"{arn} is not a FARGATE task definition")
+    return problems
+
+
 def start_fargate_cluster(kwargs: Mapping[str, Any]) -> Any:
     """Start a FargateCluster that Python closes at exit should nobody close it before.
+
+    The stack's task definitions are checked first (:func:`check_task_definitions`).
 
     Args:
         kwargs: The keyword arguments from :func:`fargate_kwargs`.
@@ -248,6 +342,8 @@ def start_fargate_cluster(kwargs: Mapping[str, Any]) -> Any:
         The running ``dask_cloudprovider.aws.FargateCluster``.
     """
     from dask_cloudprovider.aws import FargateCluster
+
+    check_task_definitions(kwargs)
 
     logger.info(
         "Starting a FargateCluster in %s with %d workers of %d CPU units / %d MiB",
@@ -262,14 +358,11 @@ def start_fargate_cluster(kwargs: Mapping[str, Any]) -> Any:
 
 
 def shutdown_cluster(cluster: Any) -> None:
-    """Close a cluster after deregistering the Fargate task definitions it registered.
-
-    Any cluster may be passed; only a FargateCluster has task definitions to deregister.
+    """Close a cluster: stop its tasks (the stack's task definitions stay registered).
 
     Args:
         cluster: A cluster started by :func:`start_fargate_cluster` or a LocalCluster.
     """
-    _deregister_task_definitions(cluster)
     cluster.close()
 
 
@@ -296,25 +389,3 @@ def _close_at_exit(cluster: Any) -> None:
         register(close_if_open)
     except RuntimeError:  # already shutting down: nothing to register for
         pass
-
-
-def _deregister_task_definitions(cluster: Any) -> None:
-    """Deregister the task definitions a FargateCluster registered, while it can.
-
-    dask-cloudprovider deregisters them in ``weakref.finalize`` callbacks that hold the
-    cluster alive until interpreter exit, when its event loop is closed: they fail with
-    "IOLoop is closed" tracebacks and the definitions stay registered. Running those two
-    callbacks before ``close()`` does the work on the live loop (running tasks are not
-    affected) and leaves nothing to fail at exit. Callbacks that delete resources the
-    cluster created itself (never the case with :func:`fargate_kwargs`) are left alone.
-    """
-    registry = getattr(weakref.finalize, "_registry", {})
-    for finalizer in list(registry):
-        info = finalizer.peek()
-        if info is None or info[0] is not cluster or not info[2]:
-            continue
-        if getattr(info[2][0], "__name__", "") in _TASK_DEFINITION_CLEANUPS:
-            try:
-                finalizer()
-            except Exception as e:  # a leftover task definition costs nothing
-                logger.warning("Deregistering a Fargate task definition failed: %s", e)

@@ -86,14 +86,15 @@ def test_exact_task_commands_start_a_tls_cluster(
     assert shutil.which("dask-scheduler", path=str(VENV_BIN)) is None
     assert shutil.which("dask-worker", path=str(VENV_BIN)) is None
 
-    # TLS files as make-certs.sh writes them; the tasks' copy and the laptop's are the same.
+    # TLS files as make-certs.sh writes them: the tasks' server identity in tls/tasks (what
+    # the tasks fetch from the secret), this machine's client identity in tls.
     tls_dir = tmp_path / "tls"
     make_certs(tls_dir)
     ports = {name: free_port() for name in ("scheduler_port", "worker_port", "nanny_port")}
     spec = ClusterSpec(
         "fargate",
         config_path=stack_config,
-        task_tls_dir=str(tls_dir),
+        task_tls_dir=str(tls_dir / "tasks"),
         tls_ca_file=str(tls_dir / "ca.pem"),
         tls_cert=str(tls_dir / "cert.pem"),
         tls_key=str(tls_dir / "key.pem"),
@@ -130,19 +131,142 @@ def test_exact_task_commands_start_a_tls_cluster(
             assert worker["memory_limit"] == 4_000_000_000
             assert client.submit(pow, 2, 10).result() == 1024
             check_versions(client)
+            dashboard_port = client.scheduler_info()["services"]["dashboard"]
+        # The dashboard listens on loopback only; the scheduler port on every interface.
+        listening = _listening(processes[0].pid)
+        assert listening[dashboard_port] == {"127.0.0.1"}, listening
+        assert listening[ports["scheduler_port"]] - {"127.0.0.1"}, listening
+        # The container health check sees both processes listening.
+        for process in processes:
+            assert _healthcheck(process.pid, shim_path).returncode == 0
         # A certificate from another CA is refused: holding the right key is what admits.
         other = tmp_path / "other-tls"
         make_certs(other)
-        stranger = Security(
-            tls_ca_file=str(tls_dir / "ca.pem"),
-            tls_client_cert=str(other / "cert.pem"),
-            tls_client_key=str(other / "key.pem"),
+        for cert, key in [(other / "cert.pem", other / "key.pem"),
+                          (other / "tasks" / "cert.pem", other / "tasks" / "key.pem")]:
+            stranger = Security(
+                tls_ca_file=str(tls_dir / "ca.pem"),
+                tls_client_cert=str(cert),
+                tls_client_key=str(key),
+                require_encryption=True,
+            )
+            with pytest.raises(OSError, match="SSL"):
+                distributed.Client(address, security=stranger, timeout=2)
+        # The client side checks the scheduler: a client trusting another server CA refuses.
+        suspicious = Security(
+            tls_ca_file=str(other / "ca.pem"),
+            tls_client_cert=str(tls_dir / "cert.pem"),
+            tls_client_key=str(tls_dir / "key.pem"),
             require_encryption=True,
         )
-        with pytest.raises(OSError, match="SSL"):
-            distributed.Client(address, security=stranger, timeout=2)
+        with pytest.raises(OSError):
+            distributed.Client(address, security=suspicious, timeout=2)
         for process in processes:
             assert process.poll() is None, (logs / "scheduler.log").read_text()[-3000:]
+    finally:
+        for process in reversed(processes):
+            stop_process(process)
+    # Stopped: the health check fails.
+    assert _healthcheck(processes[0].pid, shim_path).returncode != 0
+
+
+def _listening(pid: int) -> dict[int, set[str]]:
+    """Listening TCP ports of a process and its children, and the addresses they bind."""
+    found: dict[int, set[str]] = {}
+    process = psutil.Process(pid)
+    for each in [process, *process.children(recursive=True)]:
+        for conn in each.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN:
+                found.setdefault(conn.laddr.port, set()).add(conn.laddr.ip)
+    return found
+
+
+def _healthcheck(pid: int, path: str) -> subprocess.CompletedProcess:
+    link = Path(path.split(os.pathsep)[0]) / "preassign-healthcheck"
+    if not link.exists():
+        link.symlink_to(ENTRYPOINT)
+    return subprocess.run([str(link)], env={**os.environ, "PATH": path,
+                                            "PREASSIGN_HEALTHCHECK_PID": str(pid)},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_personal_certificates_from_a_private_ca_are_admitted(
+    stack_config: Path, tmp_path: Path, shim_path: str
+) -> None:
+    # ACM Private CA mode, played by a local CA: the tasks trust the CA given to
+    # make-certs.sh --client-ca; a person's certificate from it connects, the interim
+    # identity of another deployment does not, and no shared client identity is made.
+    pytest.importorskip("cryptography")
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "people CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=1))
+          .not_valid_after(now + dt.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                       False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    person_key = ec.generate_private_key(ec.SECP256R1())
+    person = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")]))
+              .issuer_name(ca_name).public_key(person_key.public_key())
+              .serial_number(x509.random_serial_number())
+              .not_valid_before(now - dt.timedelta(minutes=1))
+              .not_valid_after(now + dt.timedelta(hours=12))
+              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                             critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (tmp_path / "people-ca.pem").write_bytes(ca.public_bytes(pem))
+    tls_dir = tmp_path / "tls"
+    make_certs(tls_dir, "--client-ca", str(tmp_path / "people-ca.pem"))
+    assert not (tls_dir / "cert.pem").exists() and not (tls_dir / "key.pem").exists()
+    (tls_dir / "cert.pem").write_bytes(person.public_bytes(pem))
+    (tls_dir / "key.pem").write_bytes(person_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    os.chmod(tls_dir / "key.pem", 0o600)
+
+    ports = {name: free_port() for name in ("scheduler_port", "worker_port", "nanny_port")}
+    spec = ClusterSpec("fargate", config_path=stack_config, task_tls_dir=str(tls_dir / "tasks"),
+                       tls_ca_file=str(tls_dir / "ca.pem"), tls_cert=str(tls_dir / "cert.pem"),
+                       tls_key=str(tls_dir / "key.pem"), dashboard=False, **ports)
+    commands = build_task_commands(spec, scheduler_ip="127.0.0.1")
+    kwargs = fargate_kwargs(spec)
+    env = {**os.environ, **kwargs["environment"], "PATH": shim_path}
+    del env["PREASSIGN_TLS_SECRET_ARN"]
+    processes = []
+    try:
+        for role in ("scheduler", "worker"):
+            processes.append(subprocess.Popen([str(ENTRYPOINT), *commands[role]], env=env,
+                                              cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+        address = f"tls://127.0.0.1:{ports['scheduler_port']}"
+        with distributed.Client(address, security=kwargs["security"], timeout=30) as client:
+            client.wait_for_workers(1, timeout=30)
+            assert client.submit(sum, [1, 2]).result() == 3
+            # distributed's HTTP server (/info: logs, call stacks) runs even without the
+            # dashboard: it must listen on loopback only.
+            http_port = client.scheduler_info()["services"]["dashboard"]
+        assert _listening(processes[0].pid)[http_port] == {"127.0.0.1"}
+        # Every port a worker listens on besides its Dask ports is loopback-only.
+        for port, hosts in _listening(processes[1].pid).items():
+            assert port in (ports["worker_port"], ports["nanny_port"]) or hosts == {"127.0.0.1"}
+        other = tmp_path / "other"
+        make_certs(other)
+        stranger = Security(tls_ca_file=str(tls_dir / "ca.pem"),
+                            tls_client_cert=str(other / "cert.pem"),
+                            tls_client_key=str(other / "key.pem"), require_encryption=True)
+        with pytest.raises(OSError, match="SSL"):
+            distributed.Client(address, security=stranger, timeout=2)
     finally:
         for process in reversed(processes):
             stop_process(process)

@@ -39,6 +39,10 @@ STACK = {
     "task_role_arn": "arn:aws:iam::123456789012:role/preassign-TaskRole-Y",
     "log_group": "/preassign/preassign",
     "tls_secret_arn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:TlsSecret-AbCdEf",
+    "scheduler_task_definition_arn":
+        "arn:aws:ecs:eu-west-1:123456789012:task-definition/preassign-dask-scheduler:3",
+    "worker_task_definition_arn":
+        "arn:aws:ecs:eu-west-1:123456789012:task-definition/preassign-dask-worker:3",
 }
 
 
@@ -84,11 +88,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_certs(directory: Path) -> None:
-    """Write TLS files as cluster/tls/make-certs.sh does (skip the test without openssl)."""
+def make_certs(directory: Path, *extra: str) -> None:
+    """Write TLS files with cluster/tls/make-certs.sh (skip the test without openssl).
+
+    ``directory`` gets the people's side (``ca.pem``, and the interim ``cert.pem`` and
+    ``key.pem``), ``directory / "tasks"`` the tasks' server identity and trust bundle.
+    """
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make TLS files")
-    subprocess.run([str(MAKE_CERTS), "--dir", str(directory)], check=True, capture_output=True)
+    subprocess.run([str(MAKE_CERTS), "--dir", str(directory), *extra], check=True,
+                   capture_output=True)
 
 
 def stop_process(process: subprocess.Popen) -> None:

@@ -80,9 +80,13 @@ def test_fargate_defaults_are_secure():
         task_role_arn="arn:aws:iam::123456789012:role/task",
         image="123456789012.dkr.ecr.eu-west-1.amazonaws.com/preassign:1", log_group="/preassign",
         tls_secret_arn="arn:aws:secretsmanager:eu-west-1:123456789012:secret:tls",
-        tls_ca_file=str(PACKAGE.parent / "tests" / "lakes.py"),
-        tls_cert=str(PACKAGE.parent / "tests" / "lakes.py"),
-        tls_key=str(PACKAGE.parent / "tests" / "lakes.py")))
+        scheduler_task_definition_arn=(
+            "arn:aws:ecs:eu-west-1:123456789012:task-definition/p-dask-scheduler:1"),
+        worker_task_definition_arn=(
+            "arn:aws:ecs:eu-west-1:123456789012:task-definition/p-dask-worker:1"),
+        tls_ca_file=str(PACKAGE.parent / "tests" / "support" / "lakes.py"),
+        tls_cert=str(PACKAGE.parent / "tests" / "support" / "lakes.py"),
+        tls_key=str(PACKAGE.parent / "tests" / "support" / "lakes.py")))
     assert kwargs["fargate_use_private_ip"] is True
     assert kwargs["security_groups"] == ["sg-1"] or kwargs["security_groups"] == ("sg-1",)
     assert kwargs["security"].require_encryption

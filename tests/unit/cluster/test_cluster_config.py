@@ -279,3 +279,55 @@ def test_check_memory_limit() -> None:
 def test_check_memory_limit_errors(memory: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         check_memory_limit(memory)
+
+
+# ----------------------------------------------------------------------------- scheduler address
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["tcp://127.0.0.1:8786", "tcp://127.9.9.9:8786", "tcp://localhost:8786",
+     "tcp://[::1]:8786", "tls://10.0.1.23:8786", "tls://scheduler.internal:8786"],
+)
+def test_secure_or_local_scheduler_addresses_are_accepted(address: str) -> None:
+    from preassign.cluster import check_scheduler_address
+
+    check_scheduler_address(address)
+    pc.resolve_settings(ClusterSpec(address))
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["tcp://10.0.1.23:8786", "tcp://scheduler.internal:8786", "tcp://0.0.0.0:8786",
+     "tcp://[2001:db8::1]:8786", "tcp://localhost.evil.example:8786"],
+)
+def test_plain_tcp_scheduler_elsewhere_is_refused(address: str) -> None:
+    from preassign.cluster import INSECURE_SCHEDULER_FLAG, check_scheduler_address
+
+    with pytest.raises(UsageError) as info:
+        check_scheduler_address(address)
+    message = str(info.value)
+    assert f"the scheduler {address} is not on this machine" in message
+    assert "tls://host:port" in message and INSECURE_SCHEDULER_FLAG in message
+    assert INSECURE_SCHEDULER_FLAG == "--insecure-scheduler"
+    # The same refusal before anything connects, and the explicit opt-out.
+    with pytest.raises(UsageError, match="not on this machine"):
+        pc.resolve_settings(ClusterSpec(address))
+    check_scheduler_address(address, insecure=True)
+    settings = pc.resolve_settings(ClusterSpec(address, insecure_scheduler=True))
+    assert settings["insecure_scheduler"] is True
+
+
+def test_insecure_scheduler_from_the_defaults_file(tmp_path: Path) -> None:
+    path = tmp_path / "trusting.yaml"
+    path.write_text("insecure_scheduler: true\n")
+    pc.resolve_settings(ClusterSpec("tcp://10.0.1.23:8786", config_path=path))
+    path.write_text("insecure_scheduler: 'yes'\n")
+    with pytest.raises(UsageError, match="insecure_scheduler must be true or false"):
+        pc.resolve_settings(ClusterSpec("tcp://10.0.1.23:8786", config_path=path))
+
+
+@pytest.mark.parametrize("kind", ["local", "fargate", "tls://10.0.0.1:8786"])
+def test_insecure_scheduler_applies_to_tcp_addresses_only(kind: str) -> None:
+    with pytest.raises(UsageError, match=r"insecure_scheduler -> tcp:// addresses"):
+        ClusterSpec(kind, insecure_scheduler=True)

@@ -82,12 +82,17 @@ def _expected_kwargs(tmp_path: Path) -> dict:
         "scheduler_mem": 4096,
         "scheduler_port": 8786,
         "scheduler_timeout": "1 hour",
-        "scheduler_extra_args": ["--port", "8786", *tls_args],
+        "scheduler_extra_args": ["--port", "8786", "--dashboard-address", "127.0.0.1:8787",
+                                 *tls_args],
+        "scheduler_task_definition_arn": STACK["scheduler_task_definition_arn"],
+        "worker_task_definition_arn": STACK["worker_task_definition_arn"],
+        "scheduler_task_kwargs": {"enableExecuteCommand": False},
         "worker_cpu": 1024,
         "worker_mem": 4096,
         "worker_nthreads": 1,
         "worker_extra_args": [
-            "--worker-port", "8788", "--nanny-port", "8789", "--no-dashboard", *tls_args
+            "--worker-port", "8788", "--nanny-port", "8789", "--no-dashboard",
+            "--dashboard-address", "127.0.0.1:0", *tls_args
         ],
         "environment": {
             "PREASSIGN_TLS_SECRET_ARN": STACK["tls_secret_arn"],
@@ -185,6 +190,24 @@ def test_fargate_kwargs_are_secure_by_default(stack_config: Path) -> None:
     assert not any("PRIVATE KEY" in v for v in kwargs["environment"].values())
     # A forgotten cluster dies.
     assert kwargs["scheduler_timeout"]
+    # The dashboard listens on the task's loopback only; no ECS Exec unless asked for.
+    args = kwargs["scheduler_extra_args"]
+    assert args[args.index("--dashboard-address") + 1] == "127.0.0.1:8787"
+    assert kwargs["scheduler_task_kwargs"] == {"enableExecuteCommand": False}
+    assert "--no-dashboard" in kwargs["worker_extra_args"]
+    # The stack's task definitions: nothing is registered, so nobody needs
+    # ecs:RegisterTaskDefinition on "*".
+    assert kwargs["scheduler_task_definition_arn"] == STACK["scheduler_task_definition_arn"]
+    assert kwargs["worker_task_definition_arn"] == STACK["worker_task_definition_arn"]
+
+
+def test_fargate_kwargs_dashboard_off_and_exec_on(stack_config: Path) -> None:
+    kwargs = fargate_kwargs(ClusterSpec("fargate", dashboard=False, enable_exec=True,
+                                        config_path=stack_config))
+    # The HTTP server (/info, /metrics) runs without the dashboard too: still loopback.
+    assert kwargs["scheduler_extra_args"][:5] == [
+        "--port", "8786", "--no-dashboard", "--dashboard-address", "127.0.0.1:8787"]
+    assert kwargs["scheduler_task_kwargs"] == {"enableExecuteCommand": True}
 
 
 def test_fargate_kwargs_refuse_to_run_without_the_stack() -> None:
@@ -201,6 +224,8 @@ def test_fargate_kwargs_refuse_to_run_without_the_stack() -> None:
         ("task_role_arn", "TaskRoleArn"),
         ("log_group", "LogGroupName"),
         ("tls_secret_arn", "TlsSecretArn"),
+        ("scheduler_task_definition_arn", "SchedulerTaskDefinitionArn"),
+        ("worker_task_definition_arn", "WorkerTaskDefinitionArn"),
     ]:
         assert f"{key} (stack output {output}" in message
     assert "security group open to the internet" in message
@@ -255,11 +280,13 @@ def test_task_commands(stack_config: Path) -> None:
         "--tls-key", "/home/dask/.preassign/tls/key.pem",
     ]
     assert commands == {
-        "scheduler": ["dask-scheduler", "--idle-timeout", "1 hour", "--port", "8786", *tls],
+        "scheduler": ["dask-scheduler", "--idle-timeout", "1 hour", "--port", "8786",
+                      "--dashboard-address", "127.0.0.1:8787", *tls],
         "worker": [
             "dask-worker", "tls://10.0.1.23:8786", "--name", "0", "--nthreads", "1",
             "--memory-limit", "4GB", "--death-timeout", "60",
-            "--worker-port", "8788", "--nanny-port", "8789", "--no-dashboard", *tls,
+            "--worker-port", "8788", "--nanny-port", "8789", "--no-dashboard",
+            "--dashboard-address", "127.0.0.1:0", *tls,
         ],
     }
 
@@ -308,8 +335,8 @@ def _boto(service: str) -> Any:
 def test_entrypoint_fetches_tls_files_from_secrets_manager(
     aws: dict[str, str], tmp_path: Path
 ) -> None:
-    tls_dir = tmp_path / "made"
-    make_certs(tls_dir)
+    tls_dir = tmp_path / "made" / "tasks"
+    make_certs(tmp_path / "made")
     pems = {name: (tls_dir / f"{name}.pem").read_text() for name in ("ca", "cert", "key")}
     secrets = _boto("secretsmanager")
     full = secrets.create_secret(Name="tls", SecretString=json.dumps(pems))["ARN"]
@@ -355,9 +382,19 @@ class _TasksAsProcesses:
         import inspect
 
         import moto.ecs.models as ecs_models
+        import moto.ecs.responses as ecs_responses
         from moto.moto_api import state_manager
 
         self.calls: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []  # the RunTask requests as sent
+        responses = ecs_responses.EC2ContainerServiceResponse
+        run_task_response = responses.run_task
+
+        def record(response_self: Any) -> Any:
+            self.requests.append(json.loads(response_self.body))
+            return run_task_response(response_self)
+
+        monkeypatch.setattr(responses, "run_task", record)
         self.processes: dict[str, subprocess.Popen] = {}
         backend = ecs_models.EC2ContainerServiceBackend
         run_task, stop_task = backend.run_task, backend.stop_task
@@ -399,12 +436,20 @@ class _TasksAsProcesses:
 
 
 class _FakeStack:
-    """The CloudFormation stack's resources in moto, and a defaults file pointing at them."""
+    """The CloudFormation stack's resources in moto, and a defaults file pointing at them.
 
-    def __init__(self, tmp_path: Path) -> None:
+    Like the stack, it registers the scheduler and worker task definitions (container names
+    dask-scheduler and dask-worker, the stack's image, roles and sizes); FargateCluster gets
+    their ARNs and registers none of its own.
+    """
+
+    def __init__(self, tmp_path: Path, *, worker: tuple[int, int] = (1024, 4096),
+                 scheduler: tuple[int, int] = (1024, 4096)) -> None:
         self.laptop_tls = tmp_path / "laptop-tls"
         make_certs(self.laptop_tls)
-        self.pems = {n: (self.laptop_tls / f"{n}.pem").read_text() for n in ("ca", "cert", "key")}
+        # The secret holds the tasks' server identity; the laptop keeps a client identity.
+        self.pems = {n: (self.laptop_tls / "tasks" / f"{n}.pem").read_text()
+                     for n in ("ca", "cert", "key")}
         self.ec2, self.ecs, self.iam = _boto("ec2"), _boto("ecs"), _boto("iam")
         vpc = self.ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         self.ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
@@ -419,16 +464,39 @@ class _FakeStack:
             Name="tls", SecretString=json.dumps(self.pems))
         self.ports = {n: free_port() for n in ("scheduler_port", "worker_port", "nanny_port")}
         self.task_tls = tmp_path / "task-tls"
+        self.definitions = {
+            role: self._register(role, *size)
+            for role, size in (("scheduler", scheduler), ("worker", worker))
+        }
         self.config = tmp_path / "cluster.yaml"
         self.config.write_text(yaml.safe_dump({
             "fargate": {
                 **STACK, "cluster_arn": self.cluster_arn, "vpc": vpc, "subnets": [self.subnet],
                 "security_groups": [self.group], "tls_secret_arn": secret["ARN"],
                 "task_tls_dir": str(self.task_tls), **self.ports,
+                "scheduler_task_definition_arn": self.definitions["scheduler"],
+                "worker_task_definition_arn": self.definitions["worker"],
             },
             "tls": {name: str(self.laptop_tls / f"{key}.pem")
                     for name, key in (("ca_file", "ca"), ("cert", "cert"), ("key", "key"))},
         }))
+
+    def _register(self, role: str, cpu: int, memory: int) -> str:
+        return self.ecs.register_task_definition(
+            family=f"preassign-dask-{role}", networkMode="awsvpc",
+            requiresCompatibilities=["FARGATE"], cpu=str(cpu), memory=str(memory),
+            taskRoleArn=STACK["task_role_arn"], executionRoleArn=STACK["execution_role_arn"],
+            runtimePlatform={"cpuArchitecture": "X86_64", "operatingSystemFamily": "LINUX"},
+            containerDefinitions=[{
+                "name": f"dask-{role}", "image": STACK["image"], "essential": True,
+                "cpu": cpu, "memory": memory,
+                "readonlyRootFilesystem": True,
+                "logConfiguration": {"logDriver": "awslogs", "options": {
+                    "awslogs-group": STACK["log_group"], "awslogs-region": "eu-west-1",
+                    "awslogs-stream-prefix": "dask"}},
+            }],
+            tags=[{"key": "project", "value": "preassign"}],
+        )["taskDefinition"]["taskDefinitionArn"]
 
     def active_task_definitions(self) -> list[str]:
         return self.ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"]
@@ -464,6 +532,7 @@ def test_open_client_on_fargate_with_moto(
         tags=[{"key": "createdBy", "value": "dask-cloudprovider"}],
     )["cluster"]["clusterArn"]
     groups_before = {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+    definitions_before = sorted(stack.active_task_definitions())
     at_exit: list = []
     monkeypatch.setattr(threading, "_register_atexit", at_exit.append)
 
@@ -476,6 +545,8 @@ def test_open_client_on_fargate_with_moto(
             f"tls://127.0.0.1:{stack.ports['scheduler_port']}")
         assert client.submit(sum, [20, 22]).result() == 42
     assert cluster.status == Status.running
+    # FargateCluster registered no task definition: it runs the stack's.
+    assert sorted(stack.active_task_definitions()) == definitions_before
     definitions = {
         arn.rsplit("-", 1)[-1].split(":")[0]: ecs.describe_task_definition(
             taskDefinition=arn, include=["TAGS"])
@@ -500,13 +571,18 @@ def test_open_client_on_fargate_with_moto(
             "assignPublicIp": "DISABLED"}}
         [container] = call["overrides"]["containerOverrides"]
         assert {e["name"]: e["value"] for e in container["environment"]} == kwargs["environment"]
+    # Each RunTask names the stack's task definition; ECS Exec stays off.
+    assert [r["taskDefinition"] for r in fargate_tasks.requests] == [
+        stack.definitions["scheduler"], stack.definitions["worker"]]
+    assert fargate_tasks.requests[0]["enableExecuteCommand"] is False
     # The tasks fetched the TLS files from the secret; both processes ended on StopTask.
     assert (stack.task_tls / "key.pem").read_text() == stack.pems["key"]
     assert len(fargate_tasks.processes) == 2
     assert all(p.poll() is not None for p in fargate_tasks.processes.values())
     assert ecs.list_tasks(cluster=stack.cluster_arn, desiredStatus="RUNNING")["taskArns"] == []
 
-    # Task definitions: our image, roles and log group; deregistered on close.
+    # Task definitions: the stack's image, roles and log group; still registered after
+    # close (they belong to the stack, not to the run).
     assert set(definitions) == {"scheduler", "worker"}
     for described in definitions.values():
         definition = described["taskDefinition"]
@@ -517,7 +593,7 @@ def test_open_client_on_fargate_with_moto(
         assert definition["executionRoleArn"] == STACK["execution_role_arn"]
         assert definition["requiresCompatibilities"] == ["FARGATE"]
         assert {"key": "project", "value": "preassign"} in described["tags"]
-    assert stack.active_task_definitions() == []
+    assert sorted(stack.active_task_definitions()) == definitions_before
 
     # Nothing created, nothing swept: no security group, role or ECS cluster of its own.
     assert {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]} == (
@@ -530,12 +606,13 @@ def test_open_client_on_fargate_with_moto(
 
 @pytest.mark.filterwarnings("ignore:Creating your cluster is taking a surprisingly long time")
 def test_run_task_commands_away_from_the_defaults(
-    fake_stack: _FakeStack, fargate_tasks: _TasksAsProcesses
+    aws: dict[str, str], tmp_path: Path, fargate_tasks: _TasksAsProcesses
 ) -> None:
     # build_task_commands builds the commands itself; FargateCluster's RunTask requests, as
     # moto records them, must carry exactly those also for other threads, memory and timeout.
     import distributed
 
+    fake_stack = _FakeStack(tmp_path, worker=(2048, 5120))
     spec = ClusterSpec("fargate", workers=1, threads_per_worker=2, worker_cpu=2048,
                        worker_mem=5120, idle_timeout="90 minutes",
                        config_path=fake_stack.config)
@@ -554,7 +631,52 @@ def test_run_task_commands_away_from_the_defaults(
     assert [c["overrides"]["containerOverrides"][0]["name"] for c in calls] == [
         "dask-scheduler", "dask-worker"
     ]
-    assert fake_stack.active_task_definitions() == []
+    assert sorted(fake_stack.active_task_definitions()) == sorted(fake_stack.definitions.values())
+
+
+@pytest.mark.parametrize(
+    ("spec_kwargs", "message"),
+    [
+        ({"worker_cpu": 2048, "worker_mem": 8192},
+         r"worker cpu is '1024' in .*preassign-dask-worker.*the settings say '2048'"),
+        ({"image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/preassign:other"},
+         r"scheduler image is .*preassign:3f2c1ab.*preassign:other"),
+        ({"task_role_arn": "arn:aws:iam::123456789012:role/someone-elses"},
+         r"taskRoleArn is .*TaskRole-Y.*someone-elses"),
+    ],
+    ids=["worker-size", "image", "task-role"],
+)
+def test_task_definitions_that_differ_from_the_settings_are_refused(
+    fake_stack: _FakeStack, fargate_tasks: _TasksAsProcesses, spec_kwargs: dict, message: str
+) -> None:
+    spec = ClusterSpec("fargate", workers=1, config_path=fake_stack.config, **spec_kwargs)
+    with pytest.raises(UsageError, match=message) as info:
+        with open_client(spec):
+            pytest.fail("the block must not run")
+    assert "Redeploy the stack" in str(info.value)
+    assert fargate_tasks.calls == []  # refused before any task started
+
+
+def test_a_deregistered_task_definition_is_refused(
+    fake_stack: _FakeStack, fargate_tasks: _TasksAsProcesses
+) -> None:
+    fake_stack.ecs.deregister_task_definition(taskDefinition=fake_stack.definitions["worker"])
+    spec = ClusterSpec("fargate", workers=1, config_path=fake_stack.config)
+    with pytest.raises(UsageError, match=r"worker status is 'INACTIVE'"):
+        with open_client(spec):
+            pytest.fail("the block must not run")
+    assert fargate_tasks.calls == []
+
+
+def test_check_task_definitions_reports_an_unknown_arn(fake_stack: _FakeStack) -> None:
+    from preassign.cluster.fargate import check_task_definitions
+    from preassign.errors import InfrastructureError
+
+    kwargs = fargate_kwargs(ClusterSpec("fargate", config_path=fake_stack.config))
+    kwargs["worker_task_definition_arn"] = (
+        "arn:aws:ecs:eu-west-1:123456789012:task-definition/nope:1")
+    with pytest.raises(InfrastructureError, match="cannot describe the worker task definition"):
+        check_task_definitions(kwargs)
 
 
 def test_exit_hook_runs_while_requests_still_work() -> None:
