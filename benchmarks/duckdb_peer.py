@@ -55,23 +55,31 @@ also lets (N desc, snack_id asc) be packed in one BIGINT when the ranges allow
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import math
 import os
+import sys
 import tempfile
 import time
 from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+
+from benchmarks import peer_io
+from benchmarks.peer_io import ASSIGNMENTS_SCHEMA, DEMAND_SCHEMA
 
 __all__ = [
+    "ASSIGNMENTS_SCHEMA",
     "DEFAULT_PARAMS",
+    "DEMAND_SCHEMA",
     "LakeError",
     "demand_from_assignments",
     "jitter_sql",
+    "main",
     "run_duckdb",
+    "write_outputs",
 ]
 
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -194,6 +202,8 @@ def _sql_date(d: datetime.date) -> str:
 def _resolve_params(params: dict | None) -> dict[str, Any]:
     p = dict(DEFAULT_PARAMS)
     for k, v in (params or {}).items():
+        if k == "stock_max_rounds":  # SPEC §6 only: accepted, no effect on a §3 run
+            continue
         if k not in DEFAULT_PARAMS:
             raise ValueError(f"unknown parameter {k!r}")
         p[k] = v
@@ -358,12 +368,14 @@ def run_duckdb(
     *,
     validate: bool = True,
     timings: dict[str, float] | None = None,
+    summary: dict[str, int] | None = None,
 ) -> pd.DataFrame:
     """Pre-assign boxes for users due in [date_from, date_to] (SPEC §3), in DuckDB.
 
     Returns columns delivery_on (datetime.date), user_id (int64), slot (int64),
     snack_id (int64), stage (str), sorted by user_id, slot. If ``timings`` is a
-    dict, seconds per step are stored in it.
+    dict, seconds per step are stored in it; if ``summary`` is a dict,
+    ``users_targeted``, ``boxes_full``, ``boxes_short`` and ``units_total``.
     """
     if date_from > date_to:
         raise ValueError(f"date_from {date_from} is after date_to {date_to}")
@@ -589,6 +601,13 @@ SELECT t.d AS delivery_on, b.user_id, b.slot, b.snack_id, b.stage
 FROM box b JOIN tgt t ON t.user_id = b.user_id
 ORDER BY b.user_id, b.slot
 """).to_arrow_table()
+        if summary is not None:
+            targeted, full = con.execute("""
+SELECT count(*), count(*) FILTER (WHERE coalesce(n.n, 0) >= t.k)
+FROM tgt t LEFT JOIN (SELECT user_id, count(*) AS n FROM box GROUP BY user_id) n USING (user_id)
+""").fetchone()
+            summary.update(users_targeted=int(targeted), boxes_full=int(full),
+                           boxes_short=int(targeted - full), units_total=tbl.num_rows)
     finally:
         con.close()
         spill.cleanup()
@@ -636,25 +655,38 @@ def jitter_sql(user_id: int, snack_id: int, d: datetime.date) -> float:
         con.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="DuckDB peer of preassign (benchmarks)")
-    ap.add_argument("lake")
-    ap.add_argument("date_from", type=datetime.date.fromisoformat)
-    ap.add_argument("date_to", type=datetime.date.fromisoformat, nargs="?")
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--no-validate", action="store_true")
+def write_outputs(out: str, assignments: pd.DataFrame, demand: pd.DataFrame) -> None:
+    """Write ``assignments/`` and ``demand/`` under ``out`` in the SPEC §4 layout.
+
+    Each is one ``part.0.parquet`` with the types of :data:`ASSIGNMENTS_SCHEMA` /
+    :data:`DEMAND_SCHEMA`, written to a staging directory first and moved into place
+    only once written (:func:`benchmarks.peer_io.write_outputs`).
+
+    Raises:
+        FileExistsError: ``out`` already holds ``assignments`` or ``demand``.
+    """
+    tables = {name: pa.Table.from_pandas(frame[schema.names], schema=schema,
+                                         preserve_index=False)
+              for name, frame, schema in (("assignments", assignments, ASSIGNMENTS_SCHEMA),
+                                          ("demand", demand, DEMAND_SCHEMA))}
+    peer_io.write_outputs(out, tables, "duckdb_peer")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.duckdb_peer LAKE DATE_FROM [DATE_TO] [--out DIR]``."""
+    ap = peer_io.peer_parser("duckdb_peer", "DuckDB")
+    ap.add_argument("--threads", type=int, help="DuckDB threads (default: all cores)")
     a = ap.parse_args(argv)
-    tm: dict[str, float] = {}
-    t0 = time.perf_counter()
-    out = run_duckdb(
-        a.lake, a.date_from, a.date_to or a.date_from, threads=a.threads,
-        validate=not a.no_validate, timings=tm,
-    )
-    total = time.perf_counter() - t0
-    print(f"rows={len(out)} users={out['user_id'].nunique()} seconds={total:.3f}")
-    for k, v in tm.items():
-        print(f"  {k}: {v:.3f}s")
+
+    def run(timings: dict[str, float], summary: dict[str, int]) -> pd.DataFrame:
+        return run_duckdb(a.lake, a.date_from, a.date_to or a.date_from, threads=a.threads,
+                          validate=not a.no_validate, timings=timings, summary=summary)
+
+    def write(out: str, assignments: pd.DataFrame) -> None:
+        write_outputs(out, assignments, demand_from_assignments(assignments))
+
+    return peer_io.peer_main(a, run, write, (LakeError, ValueError))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +20,9 @@ import pytest
 
 from benchmarks.duckdb_peer import (  # noqa: E402
     _MACROS,
+    ASSIGNMENTS_SCHEMA,
     DEFAULT_PARAMS,
+    DEMAND_SCHEMA,
     LakeError,
     demand_from_assignments,
     jitter_sql,
@@ -575,3 +581,58 @@ def test_matches_reference_on_random_lakes(tmp_path, seed):
     got = run_duckdb(lake, dfrom, dto, params, threads=2)
     exp = reference(rows, dfrom, dto, params)
     assert list(got.itertuples(index=False, name=None)) == exp
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_worked_example_summary(example_lake):
+    summary: dict[str, int] = {}
+    run_duckdb(example_lake, D, D, summary=summary)
+    assert summary == {"users_targeted": 2, "boxes_full": 1, "boxes_short": 1, "units_total": 5}
+
+
+@pytest.fixture(scope="module")
+def synth_lake_run(tmp_path_factory) -> tuple[str, str]:
+    """A small synthetic lake and preassign's outputs for its two weeks."""
+    import dask
+
+    from preassign import synth
+    from preassign.pipeline import RunConfig, run_preassignment
+
+    base = tmp_path_factory.mktemp("synth")
+    lake, out = str(base / "lake"), str(base / "out")
+    with dask.config.set(scheduler="sync"):
+        synth.write_lake(synth.SynthConfig(users=600, users_per_partition=250, seed=8, as_of=D),
+                         lake)
+        run_preassignment(RunConfig(lake=lake, date_from=D, date_to=D + dt.timedelta(days=13),
+                                    out=out))
+    return lake, out
+
+
+def test_cli_writes_preassign_outputs(synth_lake_run, tmp_path):
+    lake, out = synth_lake_run
+    mine = tmp_path / "duckdb"
+    cmd = [sys.executable, "-m", "benchmarks.duckdb_peer", lake, "2026-12-01", "2026-12-14",
+           "--out", str(mine), "--threads", "2"]
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    with open(os.path.join(out, "summary.json")) as f:
+        manifest = json.load(f)
+    assert line.startswith(
+        f"users_targeted={manifest['users_targeted']} boxes_full={manifest['boxes_full']} "
+        f"boxes_short={manifest['boxes_short']} units={manifest['units_total']} seconds=")
+    for name, schema, keys in (("assignments", ASSIGNMENTS_SCHEMA, ["user_id", "slot"]),
+                               ("demand", DEMAND_SCHEMA, ["delivery_on", "snack_id"])):
+        got = pq.read_table(mine / name)
+        assert got.schema.remove_metadata() == schema
+        got = got.to_pandas().sort_values(keys).reset_index(drop=True)
+        exp = pd.read_parquet(os.path.join(out, name))[list(got.columns)]
+        exp = exp.sort_values(keys).reset_index(drop=True)
+        assert len(got) > 1000
+        pd.testing.assert_frame_equal(got, exp, check_dtype=False)
+    assert sorted(os.listdir(mine)) == ["assignments", "demand"]
+    again = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "exists" in again.stderr
