@@ -13,14 +13,23 @@ exactly one partition, including orphans whose ``user_id`` lies outside the user
 table's range (the run counts them) and rows with a null ``user_id`` (first
 partition; the run reports them as invalid).
 
-**Reading.** One Dask task per range opens its own connection (``NullPool``) and
-runs, per user-keyed table, one ``SELECT <columns> FROM t WHERE user_id >= :lo AND
-user_id < :hi ORDER BY user_id[, row_id]`` with bound parameters, streamed with a
-server-side cursor in chunks that are converted to Arrow as they arrive (the lake's
-compact types of :data:`preassign.lake.ARROW_SCHEMAS`; values are copied faithfully,
-validation is the run's job). The task then writes partition ``i`` of every table
-with :func:`preassign.lake.write_user_partition`. Snack-keyed tables are read whole
-on the client.
+**Reading.** One Dask task per range reads, per user-keyed table, ``SELECT <columns>
+FROM t WHERE user_id >= lo AND user_id < hi ORDER BY user_id[, row_id]`` (SQLAlchemy
+Core; the bounds are integers) with one of two readers (:mod:`preassign.fastread`
+says which serves which URL; ``reader=`` or ``$PREASSIGN_EXTRACT_READER`` forces one):
+
+* **fast**: ConnectorX runs the query (its text compiled with the integer bounds
+  inlined) on a connection of its own and hands back Arrow arrays, cast to the lake's
+  compact types (:data:`preassign.lake.ARROW_SCHEMAS`) in a few vectorised casts;
+* **stream**: SQLAlchemy with the bounds as bound parameters, on one connection per
+  task, streamed with a server-side cursor in chunks converted to Arrow as they arrive
+  (the fallback: TLS URLs, URLs with driver options ConnectorX lacks, and any result
+  ConnectorX cannot convert).
+
+Values are copied faithfully either way (validation is the run's job), and both give
+the same tables. The task then writes partition ``i`` of every table straight from
+Arrow with :func:`write_user_partition` (Parquet, zstd; no pandas round trip).
+Snack-keyed tables are read whole on the client, with SQLAlchemy.
 
 **Consistent cut of append-only tables.** Before any range is read, ``MAX(row_id)``
 of ``ratings``, ``deliveries`` and ``requests`` is taken; every range reads only rows
@@ -53,11 +62,11 @@ import datetime as dt
 import logging
 import math
 import os
+import posixpath
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
@@ -65,20 +74,20 @@ from sqlalchemy.engine import URL
 
 from .compute import compute
 from .core.contract import TABLES, USER_KEYED, LakeError
-from .lake import (
-    ARROW_SCHEMAS,
-    MANIFEST,
-    POINTER,
-    Lake,
-    write_manifest,
-    write_small_table,
-    write_user_partition,
+from .dbsecurity import SecretURL
+from .fastread import (
+    FastReadUnsupported,
+    choose_reader,
+    is_sorted_by_user,
+    misfit_error,
 )
+from .fastread import read_table as fast_read_table
+from .lake import ARROW_SCHEMAS, MANIFEST, POINTER, Lake, write_manifest
+from .logs import log_event
 from .source import (
     APPEND_ONLY,
     WATERMARK_COLUMN,
     SourceConnectionError,
-    SourceError,
     SourceSchemaError,
     create_engine_from_url,
     mask_url,
@@ -96,6 +105,8 @@ __all__ = [
     "has_extraction",
     "extract_lake",
     "partition_bounds",
+    "write_small_table",
+    "write_user_partition",
 ]
 
 log = logging.getLogger(__name__)
@@ -164,9 +175,15 @@ def _choose_bounds(conn: sa.Connection, users_per_partition: int) -> tuple[list[
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    """Everything a partition task needs (picklable; the URL's repr hides the password)."""
+    """Everything a partition task needs (picklable; the URL's repr hides the password).
 
-    source: URL
+    ``source`` is the URL itself, or a :class:`~preassign.dbsecurity.SecretURL` when the
+    password has a source of its own (an environment variable set on every process, a
+    Secrets Manager secret): then the task graph holds no password at all and each task
+    resolves it where it runs.
+    """
+
+    source: URL | SecretURL
     version_url: str
     previous_url: str | None
     storage_options: Mapping[str, Any]
@@ -174,6 +191,7 @@ class _Plan:
     watermarked: frozenset[str]  # tables read with row_id <= watermark_to
     watermark_from: Mapping[str, int | None]  # incremental tables -> previous watermark
     watermark_to: Mapping[str, int | None]
+    reader: str = "stream"  # "fast" (ConnectorX) or "stream" (SQLAlchemy), see fastread
 
 
 @contextlib.contextmanager
@@ -255,11 +273,7 @@ def _to_arrow(name: str, rows: list[Any]) -> pa.Table:
                 arrays.append(pa.array([_midnight(v) for v in values], type=field.type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
             example = next((v for v in values if not _fits(v, field.type)), None)
-            raise SourceError(
-                f"table {name!r}, column {field.name!r}: cannot store the source's values as "
-                f"the lake's {field.type} (e.g. {example!r}: {exc}); fix the column's type or "
-                "values in the source"
-            ) from None
+            raise misfit_error(name, field, example, exc) from None
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -315,7 +329,11 @@ def _select_range(
         upper = plan.watermark_to.get(name)
         if upper is None:
             return None
-        cond.append(row_id <= upper)
+        # ``row_id + 0``: the cut must not be an index range. As ``row_id <= W`` (nearly
+        # every row) it is the primary key's, and MySQL/MariaDB then prefer a scan of the
+        # whole table plus a sort over the user_id index, in every range task: 20 ranges,
+        # 20 full scans. An incremental refresh's ``row_id > since`` stays a range (few rows).
+        cond.append(row_id + 0 <= upper)
         if since is not None:
             cond.append(row_id > since)
         order.append(row_id)
@@ -340,6 +358,58 @@ def _read_previous(plan: _Plan, name: str, index: int) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
+class _Stream:
+    """The streaming reader of one range task: one connection, opened when first needed."""
+
+    def __init__(self, url: URL, index: int):
+        self.url, self.index = url, index
+        self._engine: sa.Engine | None = None
+        self._conn: sa.Connection | None = None
+
+    def fetch(self, name: str, stmt: sa.Select, doing: str) -> pa.Table:
+        if self._conn is None:
+            self._engine = create_engine_from_url(self.url)
+            try:
+                self._conn = self._engine.connect()
+            except sa.exc.DBAPIError as exc:
+                raise translate_error(exc, self.url, f"reading partition {self.index}") from exc
+        try:
+            return _fetch(self._conn, name, stmt)
+        except sa.exc.DBAPIError as exc:
+            raise translate_error(exc, self.url, doing) from exc
+
+    def close(self) -> None:
+        try:
+            if self._conn is not None:
+                with contextlib.suppress(sa.exc.DBAPIError):  # a connection already lost
+                    self._conn.close()
+        finally:
+            if self._engine is not None:
+                self._engine.dispose()
+
+
+def _source_url(source: URL | SecretURL) -> URL:
+    """The URL to connect with: a :class:`SecretURL` is resolved here (on the worker)."""
+    return source.resolve() if isinstance(source, SecretURL) else source
+
+
+def _masked(source: str | URL | SecretURL) -> str:
+    return source.masked() if isinstance(source, SecretURL) else mask_url(source)
+
+
+def _read_range(plan: _Plan, url: URL, stream: _Stream, name: str, stmt: sa.Select,
+                doing: str) -> pa.Table:
+    """One table's rows of one range, with the plan's reader (fast falls back to stream)."""
+    if plan.reader == "fast":
+        try:
+            return fast_read_table(url, name, stmt, doing)
+        except FastReadUnsupported as exc:
+            log_event(log, logging.WARNING, "fast_read_fallback", doing=doing, reason=str(exc),
+                      hint="ConnectorX could not convert the rows; reading them with the "
+                           "streaming reader")
+    return stream.fetch(name, stmt, doing)
+
+
 def _extract_partition(plan: _Plan, index: int) -> tuple[dict[str, int], dict[str, int]]:
     """Read range ``index`` of every user-keyed table and write its partition files.
 
@@ -347,26 +417,68 @@ def _extract_partition(plan: _Plan, index: int) -> tuple[dict[str, int], dict[st
         ``(rows written, rows newly read)`` per table.
     """
     lo, hi = plan.bounds[index], plan.bounds[index + 1]
-    engine = create_engine_from_url(plan.source)
-    tables: dict[str, pd.DataFrame] = {}
+    tables: dict[str, pa.Table] = {}
     added: dict[str, int] = {}
+    url = _source_url(plan.source)
+    stream = _Stream(url, index)
     try:
-        with _connect(engine, plan.source, f"reading partition {index}") as conn:
-            for name in USER_KEYED:
-                stmt = _select_range(plan, name, lo, hi, since=plan.watermark_from.get(name))
-                doing = f"reading table {name!r}, user ids [{lo}, {hi})"
-                try:
-                    new = _fetch(conn, name, stmt) if stmt is not None else \
-                        ARROW_SCHEMAS[name].empty_table()
-                except sa.exc.DBAPIError as exc:
-                    raise translate_error(exc, plan.source, doing) from exc
-                added[name] = new.num_rows
-                if name in plan.watermark_from:
-                    new = pa.concat_tables([_read_previous(plan, name, index), new])
-                tables[name] = new.to_pandas(types_mapper=pd.ArrowDtype)
+        for name in USER_KEYED:
+            stmt = _select_range(plan, name, lo, hi, since=plan.watermark_from.get(name))
+            doing = f"reading table {name!r}, user ids [{lo}, {hi})"
+            new = _read_range(plan, url, stream, name, stmt, doing) if stmt is not None else \
+                ARROW_SCHEMAS[name].empty_table()
+            added[name] = new.num_rows
+            if name in plan.watermark_from:
+                new = pa.concat_tables([_read_previous(plan, name, index), new])
+            tables[name] = new
     finally:
-        engine.dispose()
+        stream.close()
     return write_user_partition(plan.version_url, index, tables, plan.storage_options), added
+
+
+# --------------------------------------------------------------------------------------------
+# writing Parquet straight from Arrow
+
+
+def _write(url: str, name: str, filename: str, table: pa.Table,
+           storage_options: Mapping[str, Any] | None) -> None:
+    target = open_location(url, storage_options)
+    path = target.child(name, filename)
+    target.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with target.fs.open(path, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+
+
+def write_user_partition(
+    url: str,
+    index: int,
+    tables: Mapping[str, pa.Table],
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, int]:
+    """Write partition ``index`` of every user-keyed table from Arrow (sorted by ``user_id``).
+
+    The tables are in the lake's types (:data:`preassign.lake.ARROW_SCHEMAS`); rows are
+    sorted by ``user_id`` (stable, nulls last) unless they already are, and written as
+    ``<url>/<table>/part.<index>.parquet``, the layout of
+    :func:`preassign.lake.write_user_partition`.
+
+    Returns:
+        Rows written per table.
+    """
+    rows = {}
+    for name in USER_KEYED:
+        table = tables[name]
+        if not is_sorted_by_user(table):
+            table = table.sort_by([("user_id", "ascending")])  # a stable sort
+        _write(url, name, f"part.{index:05d}.parquet", table, storage_options)
+        rows[name] = table.num_rows
+    return rows
+
+
+def write_small_table(url: str, name: str, table: pa.Table,
+                      storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write a snack-keyed table whole from Arrow, as ``<table>/part.00000.parquet``."""
+    _write(url, name, "part.00000.parquet", table, storage_options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,23 +518,25 @@ def check_lake_target(lake_url: str, storage_options: Mapping[str, Any] | None =
     VersionedLake(lake_url, storage_options).check_target()
 
 
-def extract_job(source_url: str | URL, lake_url: str, cluster: Any, *,
+def extract_job(source_url: str | URL | SecretURL, lake_url: str, cluster: Any, *,
                 users_per_partition: int = 50_000, incremental: bool = False,
                 storage_options: Mapping[str, Any] | None = None,
-                progress: bool = False) -> dict[str, Any]:
+                progress: bool = False, reader: str = "auto") -> dict[str, Any]:
     """``preassign extract``: check the lake location, then :func:`extract_lake` on a cluster.
 
-    ``cluster`` is a :class:`preassign.cluster.ClusterSpec`, started and closed here.
+    ``cluster`` is a :class:`preassign.cluster.ClusterSpec`, started and closed here;
+    ``reader`` is :func:`extract_lake`'s.
     """
     from .compute import with_cluster
 
     check_lake_target(lake_url, storage_options)
-    log.info("event=extract_start source=%s lake=%s incremental=%s", mask_url(source_url),
-             lake_url, incremental)
+    log_event(log, logging.INFO, "extract_start", source=_masked(source_url), lake=lake_url,
+              incremental=incremental)
     summary = with_cluster(cluster, lambda client: extract_lake(
         source_url, lake_url, users_per_partition=users_per_partition, incremental=incremental,
-        storage_options=storage_options, client=client, progress=progress))
-    log.info("event=extract_done version=%s mode=%s", summary["version"], summary["mode"])
+        storage_options=storage_options, client=client, progress=progress, reader=reader))
+    log_event(log, logging.INFO, "extract_done", version=summary["version"],
+              mode=summary["mode"])
     return summary
 
 
@@ -432,7 +546,7 @@ def has_extraction(lake_url: str, storage_options: Mapping[str, Any] | None = No
 
 
 def extract_lake(
-    source_url: str | URL,
+    source_url: str | URL | SecretURL,
     lake_url: str,
     *,
     users_per_partition: int = 50_000,
@@ -440,12 +554,15 @@ def extract_lake(
     storage_options: Mapping[str, Any] | None = None,
     client: Any = None,
     progress: bool = False,
+    reader: str = "auto",
 ) -> dict[str, Any]:
     """Copy the source database into a new version of the lake and publish it.
 
     Args:
         source_url: SQLAlchemy URL of the source (see
-            :func:`preassign.source.resolve_source_url`); never logged unmasked.
+            :func:`preassign.source.resolve_source_url`); never logged unmasked. A
+            :class:`~preassign.dbsecurity.SecretURL` keeps the password out of the task
+            graph: this process and every task resolve it where they connect.
         lake_url: lake root, a local path or an fsspec URL such as ``s3://bucket/lake``.
             It holds version directories and the ``_CURRENT`` pointer.
         users_per_partition: width of each user-id range (a full extraction; an
@@ -457,40 +574,52 @@ def extract_lake(
         client: a ``distributed.Client`` to run the range tasks on; ``None`` uses
             Dask's current scheduler.
         progress: draw Dask's progress bar (with a client, on a terminal).
+        reader: how the user-keyed tables are read: ``"fast"`` (ConnectorX, Arrow-native),
+            ``"stream"`` (SQLAlchemy/PyMySQL) or ``"auto"``: fast when ConnectorX can honour
+            the URL (not with TLS options, for one), else stream; the environment variable
+            ``PREASSIGN_EXTRACT_READER`` may set it then (see :mod:`preassign.fastread`).
 
     Returns:
         A summary: ``lake``, ``version``, ``previous``, ``mode``, ``partitions``,
         ``bounds``, ``rows`` (per table), ``rows_read`` (rows read from the source
         per table: all of them in a full extraction, the new ones in an incremental
-        one), ``watermarks``, ``removed`` (versions deleted) and ``seconds``.
+        one), ``watermarks``, ``removed`` (versions deleted), ``reader`` (``"fast"`` or
+        ``"stream"``) and ``seconds``.
 
     Raises:
         SourceConnectionError: the database is unreachable or the credentials are wrong.
         SourceSchemaError: a required table or column is missing (the message names it).
         SourceError: a value cannot be stored in the lake's types, or another driver error.
         UsageError: the lake location is a file, lies inside another lake, or holds
-            something an extraction did not write (an unversioned lake, other files).
+            something an extraction did not write (an unversioned lake, other files); or
+            ``reader`` is unknown, or ``"fast"`` for a URL ConnectorX cannot honour.
         LakeError: ``incremental`` has no usable previous extraction.
     """
     started = time.perf_counter()
     if users_per_partition < 1:
         raise ValueError(f"users_per_partition must be >= 1, got {users_per_partition}")
-    url = parse_source_url(source_url)
+    secret = source_url if isinstance(source_url, SecretURL) else None
+    url = source_url.resolve() if isinstance(source_url, SecretURL) else \
+        parse_source_url(source_url)
     _check_sqlite_file(url)
+    chosen, why = choose_reader(url, reader)
+    log_event(log, logging.INFO, "extract_reader", reader=chosen,
+              library="ConnectorX, Arrow-native" if chosen == "fast"
+              else "SQLAlchemy/PyMySQL streaming", why=why)
     storage_options = dict(storage_options or {})
     store = VersionedLake(lake_url, storage_options)
     store.check_target()
     store.acquire()
     try:
         return _extract(url, store, users_per_partition, incremental, storage_options, client,
-                        progress, started)
+                        progress, started, chosen, secret)
     finally:
         store.release()
 
 
 def _extract(url: URL, store: VersionedLake, users_per_partition: int, incremental: bool,
              storage_options: dict[str, Any], client: Any, progress: bool,
-             started: float) -> dict[str, Any]:
+             started: float, reader: str, secret: SecretURL | None = None) -> dict[str, Any]:
     lake_url = store.url
     previous = store.current()
     previous_manifest = _previous_manifest(store, previous) if incremental else None
@@ -537,7 +666,7 @@ def _extract(url: URL, store: VersionedLake, users_per_partition: int, increment
     version = store.new_version()
     version_url = store.child_url(version)
     plan = _Plan(
-        source=url,
+        source=secret if secret is not None else url,
         version_url=version_url,
         previous_url=store.child_url(previous) if previous and since else None,
         storage_options=storage_options,
@@ -545,6 +674,7 @@ def _extract(url: URL, store: VersionedLake, users_per_partition: int, increment
         watermarked=frozenset(watermarked),
         watermark_from=since,
         watermark_to=watermarks,
+        reader=reader,
     )
     npart = len(bounds) - 1
     log.info("extracting %s into %s (%d partitions, %s)", mask_url(url), version_url, npart,
@@ -554,8 +684,7 @@ def _extract(url: URL, store: VersionedLake, users_per_partition: int, increment
 
         rows: dict[str, int] = {}
         for name, table in small.items():
-            write_small_table(version_url, name, table.to_pandas(types_mapper=pd.ArrowDtype),
-                              storage_options)
+            write_small_table(version_url, name, table, storage_options)
             rows[name] = table.num_rows
         read = dict(rows)
         task = dask.delayed(_extract_partition, pure=False)
@@ -572,7 +701,7 @@ def _extract(url: URL, store: VersionedLake, users_per_partition: int, increment
             source={"url": mask_url(url)},
             extract={"mode": "incremental" if incremental else "full", "version": version,
                      "previous": previous, "users_per_partition": users_per_partition,
-                     "partitioning": partitioning,
+                     "partitioning": partitioning, "reader": reader,
                      "rows": rows, "rows_read": read, "seconds": seconds},
         )
     except BaseException:
@@ -592,5 +721,6 @@ def _extract(url: URL, store: VersionedLake, users_per_partition: int, increment
         "rows_read": read,
         "watermarks": watermarks,
         "removed": removed,
+        "reader": reader,
         "seconds": round(time.perf_counter() - started, 3),
     }

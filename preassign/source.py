@@ -572,14 +572,23 @@ def _insert(conn: sa.Connection, name: str, frame: Any, batch_rows: int) -> int:
     return n
 
 
-def fill_database(url: str | URL, cfg: SynthConfig, *, replace: bool = False
-                  ) -> tuple[str, dict[str, int]]:
+def fill_database(url: str | URL, cfg: SynthConfig, *, replace: bool = False,
+                  insecure: bool = False) -> tuple[str, dict[str, int]]:
     """``preassign synth --db``: fill the database at ``url`` with a synthetic lake's data.
+
+    Args:
+        url: the database (its password may come from ``$PREASSIGN_SOURCE_URL``).
+        cfg: what to generate.
+        replace: replace tables that already hold rows.
+        insecure: allow a remote MySQL without verified TLS (``--insecure-db``).
 
     Returns:
         ``(the masked URL, rows written per table)``.
     """
+    from .dbsecurity import check_source_transport
+
     resolved = url if isinstance(url, URL) else resolve_source_url(url)
+    check_source_transport(parse_source_url(resolved), insecure=insecure)
     log.info("event=synth_db_start users=%d db=%s", cfg.users, mask_url(resolved))
     return mask_url(resolved), load_synthetic(create_engine_from_url(resolved), cfg,
                                               replace=replace)

@@ -21,6 +21,13 @@ another connection (``BEGIN EXCLUSIVE``) with a short busy timeout.
 To make "part-way through" deterministic, the range tasks run on Dask's synchronous
 scheduler and are parked on a lock of ``genre_prefs`` (read only by range tasks, after
 ``users``, ``ratings``, ``deliveries``, ``ng_snacks`` and ``avoid_ingredients``).
+
+The MariaDB faults run with both range readers (``reader="stream"``: PyMySQL, one
+connection per range task; ``reader="fast"``: ConnectorX, one connection per table and
+range), except the black hole: only PyMySQL's ``read_timeout`` ends that wait (a URL
+with ``read_timeout`` streams; ConnectorX has no read timeout, and its TCP keepalive
+cannot see a proxy whose kernel keeps acknowledging). On SQLite the fast reader meets a
+table renamed away mid-extraction.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import pathlib
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -50,9 +58,22 @@ import pytest
 
 import preassign.extract as extract_mod
 from preassign.extract import extract_lake
+from preassign.fastread import (
+    KEEPALIVE_IDLE_MS,
+    TCP_USER_TIMEOUT_MS,
+    choose_reader,
+    connection_string,
+    read_arrow,
+)
 from preassign.lake import MANIFEST, POINTER
 from preassign.pipeline import RunConfig, run_preassignment
-from preassign.source import SourceError, create_engine_from_url, load_synthetic
+from preassign.source import (
+    SourceError,
+    SourceSchemaError,
+    create_engine_from_url,
+    load_synthetic,
+    parse_source_url,
+)
 from preassign.synth import SynthConfig, write_lake
 from tests.support.faultproxy import TcpFaultProxy, live_threads
 from tests.support.services import (
@@ -80,6 +101,7 @@ pytestmark = [
 CFG = SynthConfig(users=240, snacks=40, users_per_partition=80, seed=23)
 DATES = (dt.date(2026, 12, 1), dt.date(2026, 12, 5))
 PARKED = "genre_prefs"  # the table the range tasks are parked on
+READERS = ["stream", "fast"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,9 +116,10 @@ def _versions(lake: pathlib.Path) -> list[str]:
     return sorted(p.name for p in lake.iterdir() if p.name.startswith("v-"))
 
 
-def _extract(url: str, lake: pathlib.Path) -> dict[str, Any]:
+def _extract(url: str, lake: pathlib.Path, reader: str = "auto") -> dict[str, Any]:
     with dask.config.set(scheduler="sync"):
-        return extract_lake(url, str(lake), users_per_partition=CFG.users_per_partition)
+        return extract_lake(url, str(lake), users_per_partition=CFG.users_per_partition,
+                            reader=reader)
 
 
 def _run(lake: str, out: str) -> dict[str, Any]:
@@ -131,10 +154,11 @@ def reference(tmp_path_factory) -> dict[str, Any]:
 class Scenario:
     """A first extraction, then the checks every fault shares."""
 
-    def __init__(self, url: str, root: pathlib.Path, reference: dict[str, Any]):
-        self.url, self.root, self.reference = url, root, reference
+    def __init__(self, url: str, root: pathlib.Path, reference: dict[str, Any],
+                 reader: str = "auto"):
+        self.url, self.root, self.reference, self.reader = url, root, reference, reader
         self.lake = root / "lake"
-        self.first = _extract(url, self.lake)
+        self.first = _extract(url, self.lake, reader)
         self.before = read_lake_tables(str(self.lake))
 
     def check_failed_cleanly(self, exc: BaseException | None, *secrets: str) -> None:
@@ -150,7 +174,8 @@ class Scenario:
         assert got["summary"] == self.reference["summary"]
 
     def check_rerun(self) -> None:
-        again = _extract(self.url, self.lake)
+        again = _extract(self.url, self.lake, self.reader)
+        assert again["reader"] == self.first["reader"]
         assert _pointer(self.lake) == again["version"]
         assert _versions(self.lake) == sorted([self.first["version"], again["version"]])
         assert_lakes_equal(read_lake_tables(str(self.lake)), self.before)
@@ -192,10 +217,10 @@ def _locked(server: MariaDB, database: str, table: str = PARKED) -> Iterator[Any
                 cur.execute("UNLOCK TABLES")
 
 
-def _in_background(url: str, lake: pathlib.Path) -> tuple[concurrent.futures.ThreadPoolExecutor,
-                                                           concurrent.futures.Future]:
+def _in_background(url: str, lake: pathlib.Path, reader: str = "auto"
+                   ) -> tuple[concurrent.futures.ThreadPoolExecutor, concurrent.futures.Future]:
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="db-faults-extract")
-    return pool, pool.submit(_extract, url, lake)
+    return pool, pool.submit(_extract, url, lake, reader)
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,12 +239,14 @@ def loaded(mariadb_server) -> Iterator[tuple[MariaDB, str]]:
 
 
 @pytest.mark.db
-def test_connection_killed_mid_extraction(loaded, reference, tmp_path):
+@pytest.mark.parametrize("reader", READERS)
+def test_connection_killed_mid_extraction(loaded, reference, tmp_path, reader):
     server, database = loaded
     url = server.url(database)
-    scenario = Scenario(url, tmp_path, reference)
+    scenario = Scenario(url, tmp_path, reference, reader)
+    assert scenario.first["reader"] == reader
     with _locked(server, database):
-        pool, future = _in_background(url, scenario.lake)
+        pool, future = _in_background(url, scenario.lake, reader)
         with pool:
             for connection_id in _wait_parked(server, database, future):
                 server.execute(f"KILL CONNECTION {connection_id}")
@@ -232,17 +259,23 @@ def test_connection_killed_mid_extraction(loaded, reference, tmp_path):
 
 
 @pytest.mark.db
-def test_connection_cut_by_the_network_mid_extraction(loaded, reference, tmp_path):
+@pytest.mark.parametrize("reader", READERS)
+def test_connection_cut_by_the_network_mid_extraction(loaded, reference, tmp_path, reader):
     """A TCP proxy closes the second range task's connection after 40 kB of answers
-    (the client's planning connection and the first range task's are spared)."""
+    (the client's planning connection and the first range task's are spared). The fast
+    reader opens a connection per table and range: the first range task's ``users`` read
+    (under 40 kB) is spared, its ``ratings`` read is cut."""
     server, database = loaded
-    scenario = Scenario(server.url(database), tmp_path, reference)
+    scenario = Scenario(server.url(database), tmp_path, reference, reader)
     with TcpFaultProxy(("127.0.0.1", server.port), after_bytes=40_000,
                        spare_first=2) as proxy:
         url = server.url(database, port=proxy.port)
         with pytest.raises(SourceError) as info:
-            _extract(url, scenario.lake)
-        assert proxy.broken == 1 and proxy.accepted == 3
+            _extract(url, scenario.lake, reader)
+        if reader == "stream":
+            assert proxy.broken == 1 and proxy.accepted == 3
+        else:  # the range tasks run in no fixed order, and their reads differ in size
+            assert proxy.broken == 1 and proxy.accepted >= 3
     scenario.check_failed_cleanly(info.value, server.password)
     message = str(info.value)
     assert f"mysql+pymysql://preassign:***@127.0.0.1:{proxy.port}" in message
@@ -260,6 +293,8 @@ def test_connection_black_holed_mid_extraction(loaded, reference, tmp_path):
     with TcpFaultProxy(("127.0.0.1", server.port), after_bytes=40_000, action="freeze",
                        spare_first=2) as proxy:
         url = server.url(database, port=proxy.port) + "?read_timeout=2"
+        # ConnectorX has no read timeout: a URL that asks for one reads with PyMySQL
+        assert choose_reader(parse_source_url(url))[0] == "stream"
         started = time.monotonic()
         with pytest.raises(SourceError) as info:
             _extract(url, scenario.lake)
@@ -273,14 +308,15 @@ def test_connection_black_holed_mid_extraction(loaded, reference, tmp_path):
 
 
 @pytest.mark.db
-def test_lock_wait_timeout_mid_extraction(loaded, reference, tmp_path):
+@pytest.mark.parametrize("reader", READERS)
+def test_lock_wait_timeout_mid_extraction(loaded, reference, tmp_path, reader):
     """``LOCK TABLES genre_prefs WRITE`` in another session makes the range task's plain
     SELECT wait for the metadata lock; ``lock_wait_timeout`` (1 s here) ends the wait.
     (``FLUSH TABLES WITH READ LOCK`` would not block a read; InnoDB row locks do not
     block a consistent-read SELECT, so ``innodb_lock_wait_timeout`` is not involved.)"""
     server, database = loaded
     url = server.url(database)
-    scenario = Scenario(url, tmp_path, reference)
+    scenario = Scenario(url, tmp_path, reference, reader)
     with server.admin() as conn, conn.cursor() as cur:
         cur.execute("SELECT @@GLOBAL.lock_wait_timeout")
         (saved,) = cur.fetchone()
@@ -289,7 +325,7 @@ def test_lock_wait_timeout_mid_extraction(loaded, reference, tmp_path):
         with _locked(server, database):
             started = time.monotonic()
             with pytest.raises(SourceError) as info:
-                _extract(url, scenario.lake)
+                _extract(url, scenario.lake, reader)
             waited = time.monotonic() - started
     finally:
         server.execute(f"SET GLOBAL lock_wait_timeout = {int(saved)}")
@@ -320,6 +356,23 @@ def test_extraction_waits_are_bounded_by_default(loaded):
             "no read timeout: a black-holed connection hangs the extraction forever"
         if expected is not None:
             assert read_timeout == expected
+
+
+@pytest.mark.db
+def test_fast_reader_waits_are_bounded_by_default(loaded):
+    """The fast reader's sessions get the same capped ``lock_wait_timeout`` (and UTC);
+    a vanished peer is caught by TCP keepalive and ``TCP_USER_TIMEOUT`` (it has no read
+    timeout: a URL with ``read_timeout`` streams instead)."""
+    server, database = loaded
+    url = parse_source_url(server.url(database))
+    assert choose_reader(url)[0] == "fast"
+    row = read_arrow(url, "SELECT @@SESSION.lock_wait_timeout AS lock_wait, "
+                          "@@SESSION.time_zone AS tz").to_pylist()[0]
+    assert row["lock_wait"] <= 3600 and row["tz"] == "+00:00"
+    conn = connection_string(url)
+    assert f"tcp_keepalive_time_ms={KEEPALIVE_IDLE_MS}" in conn
+    assert f"tcp_user_timeout_ms={TCP_USER_TIMEOUT_MS}" in conn
+    assert "prefer_socket=false" in conn  # the URL's host and port, never a local socket
 
 
 @dataclasses.dataclass
@@ -371,16 +424,17 @@ def private_server() -> Iterator[PrivateMariaDB]:
 
 
 @pytest.mark.db
-def test_server_restart_mid_extraction(private_server, reference, tmp_path):
+@pytest.mark.parametrize("reader", READERS)
+def test_server_restart_mid_extraction(private_server, reference, tmp_path, reader):
     server = private_server
     database = server.create_database()
     url = server.url(database)
     engine = create_engine_from_url(url)
     load_synthetic(engine, CFG)
     engine.dispose()
-    scenario = Scenario(url, tmp_path, reference)
+    scenario = Scenario(url, tmp_path, reference, reader)
     with _locked(server, database):
-        pool, future = _in_background(url, scenario.lake)
+        pool, future = _in_background(url, scenario.lake, reader)
         with pool:
             _wait_parked(server, database, future)
             server.stop()
@@ -404,6 +458,7 @@ def test_sqlite_locked_mid_extraction(reference, tmp_path, monkeypatch):
     load_synthetic(create_engine_from_url(f"sqlite:///{path}"), CFG)
     url = f"sqlite:///{path}?timeout=0.3"
     scenario = Scenario(url, tmp_path, reference)
+    assert scenario.first["reader"] == "stream"  # ConnectorX has no busy timeout option
     locker = sqlite3.connect(path, isolation_level=None)
     real = extract_mod.write_small_table
 
@@ -425,3 +480,39 @@ def test_sqlite_locked_mid_extraction(reference, tmp_path, monkeypatch):
     assert "database is locked" in str(info.value), info.value
     scenario.check_rerun()
 
+
+
+def test_sqlite_table_renamed_mid_extraction_fast_reader(reference, tmp_path, monkeypatch):
+    """The fast reader on SQLite: a table renamed away (by another process) once the
+    extraction has planned its ranges fails the range read cleanly, naming the table and
+    the user-id range. (A lock held by another process makes it wait 5 s, ConnectorX's
+    SQLite busy timeout, then fail with "database is locked"; locks taken by Python's
+    ``sqlite3`` in the same process it does not see: it links its own SQLite.)"""
+    path = tmp_path / "source.db"
+    load_synthetic(create_engine_from_url(f"sqlite:///{path}"), CFG)
+    url = f"sqlite:///{path}"
+    scenario = Scenario(url, tmp_path, reference, "fast")
+    real = extract_mod.write_small_table
+
+    def rename(old: str, new: str) -> None:
+        subprocess.run([sys.executable, "-c", "import sqlite3, sys; "
+                        "sqlite3.connect(sys.argv[1]).execute(sys.argv[2])", str(path),
+                        f"ALTER TABLE {old} RENAME TO {new}"], check=True, timeout=60)
+
+    def rename_then_write(*args: Any, **kwargs: Any) -> None:
+        if args[1] == "snacks":
+            rename(PARKED, f"{PARKED}_away")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(extract_mod, "write_small_table", rename_then_write)
+    try:
+        with pytest.raises(SourceError) as info:
+            _extract(url, scenario.lake, "fast")
+    finally:
+        rename(f"{PARKED}_away", PARKED)
+    monkeypatch.setattr(extract_mod, "write_small_table", real)
+    scenario.check_failed_cleanly(info.value)
+    message = str(info.value)
+    assert isinstance(info.value, SourceSchemaError), message
+    assert f"reading table '{PARKED}', user ids" in message and "no such table" in message
+    scenario.check_rerun()

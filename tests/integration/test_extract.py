@@ -18,24 +18,29 @@ import traceback
 import urllib.parse
 
 import dask
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
 import preassign.extract as extract_mod
+import preassign.fastread as fastread
 from preassign.core.contract import USER_KEYED, LakeError
 from preassign.errors import UsageError
 from preassign.extract import ID_MAX, ID_MIN, extract_lake, partition_bounds
+from preassign.fastread import READER_ENV, choose_reader, compile_query
 from preassign.lake import MANIFEST, POINTER, Lake, open_lake
 from preassign.pipeline import RunConfig, run_preassignment
 from preassign.source import (
+    APPEND_ONLY,
     SourceConnectionError,
     SourceError,
     SourceSchemaError,
     create_engine_from_url,
     create_schema,
     load_synthetic,
+    parse_source_url,
     source_table,
 )
 from preassign.synth import SynthConfig, write_lake
@@ -135,6 +140,7 @@ def test_round_trip_equals_the_synth_lake(loaded_source, synth_tables, synth_run
     lake = tmp_path / "lake"
     summary = extract_lake(loaded_source, str(lake), users_per_partition=300)
     assert summary["mode"] == "full" and summary["previous"] is None
+    assert summary["reader"] == "fast"  # a plain URL: ConnectorX
     assert summary["bounds"] == [ID_MIN, 301, 601, ID_MAX]
     assert summary["rows"]["users"] == 900
     manifest = json.loads((lake / summary["version"] / MANIFEST).read_text())
@@ -155,6 +161,137 @@ def test_round_trip_equals_the_synth_lake(loaded_source, synth_tables, synth_run
 
     assert_lakes_equal(read_lake_tables(str(lake)), synth_tables)
     assert_runs_equal(run(str(lake), str(tmp_path / "out")), synth_run)
+
+
+def _partition_files(lake: pathlib.Path) -> dict[str, list[pa.Table]]:
+    opened = Lake(str(lake))
+    return {name: [pq.read_table(f) for f in opened.files(name)]
+            for name in (*USER_KEYED, "snacks", "stock")}
+
+
+def test_fast_and_stream_readers_agree(loaded_source, synth_tables, tmp_path):
+    """The two readers write the same files: same partitions, rows, order and types."""
+    fast = extract_lake(loaded_source, str(tmp_path / "fast"), users_per_partition=300,
+                        reader="fast")
+    stream = extract_lake(loaded_source, str(tmp_path / "stream"), users_per_partition=300,
+                          reader="stream")
+    assert (fast["reader"], stream["reader"]) == ("fast", "stream")
+    assert fast["rows"] == stream["rows"] and fast["bounds"] == stream["bounds"]
+    files = {name: _partition_files(tmp_path / name) for name in ("fast", "stream")}
+    for name, parts in files["fast"].items():
+        assert len(parts) == len(files["stream"][name]), name
+        for i, (left, right) in enumerate(zip(parts, files["stream"][name], strict=True)):
+            assert left.schema == right.schema, (name, i)
+            assert left.equals(right), f"table {name!r}, partition {i} differs"
+    assert_lakes_equal(read_lake_tables(str(tmp_path / "stream")), synth_tables)
+
+
+def test_range_reads_use_the_user_id_index(loaded_source):
+    """Each range task reads its rows through the ``user_id`` index, in order (no sort).
+    The watermark cut is written ``row_id + 0 <= W`` so that it is no primary-key range:
+    on big tables (a million users) MariaDB preferred that range, i.e. a scan of the whole
+    table plus a sort, in every task; test-sized tables do not show that choice, so this
+    only guards the plan (benchmarks/extract_bench.py measures the difference)."""
+    url = parse_source_url(loaded_source)
+    plan = extract_mod._Plan(source=url, version_url="", previous_url=None,
+                             storage_options={}, bounds=(ID_MIN, 301, 601, ID_MAX),
+                             watermarked=frozenset(APPEND_ONLY), watermark_from={},
+                             watermark_to={name: 10**9 for name in APPEND_ONLY})
+    engine = create_engine_from_url(url)
+    with engine.connect() as conn:
+        for name in APPEND_ONLY:
+            query = compile_query(extract_mod._select_range(plan, name, 301, 331), url)
+            if url.get_backend_name() == "sqlite":
+                plan_text = " ".join(str(r[-1]) for r in
+                                     conn.exec_driver_sql("EXPLAIN QUERY PLAN " + query))
+                assert f"INDEX ix_{name}_user_id" in plan_text, plan_text
+                assert "TEMP B-TREE" not in plan_text, plan_text
+            else:
+                row = conn.exec_driver_sql("EXPLAIN " + query).mappings().one()
+                assert row["key"] == f"ix_{name}_user_id", dict(row)
+                assert "filesort" not in (row["Extra"] or ""), dict(row)
+    engine.dispose()
+
+
+def test_reader_choice():
+    def chosen(url: str, reader: str = "auto", **env: str) -> str:
+        return choose_reader(parse_source_url(url), reader, environ=env)[0]
+
+    plain = "mysql+pymysql://app:pw@db:3306/snacks"
+    assert chosen(plain) == "fast" and chosen("sqlite:////data/source.db") == "fast"
+    assert chosen(plain + "?connect_timeout=5&charset=utf8mb4") == "fast"
+    for query in ("ssl_ca=/ca.pem", "ssl_ca=/ca.pem&ssl_check_hostname=true", "read_timeout=30",
+                  "charset=latin1", "local_infile=1"):
+        assert chosen(f"{plain}?{query}") == "stream", query
+    assert chosen("sqlite:////data/source.db?timeout=0.3") == "stream"
+    _, why = choose_reader(parse_source_url(plain + "?ssl_ca=/ca.pem"), environ={})
+    assert "TLS (ssl_ca)" in why
+    assert chosen(plain, "stream") == "stream"
+    assert chosen(plain, **{READER_ENV: "stream"}) == "stream"  # the operator's switch
+    assert chosen(plain, "fast", **{READER_ENV: "stream"}) == "fast"  # the call wins
+    with pytest.raises(UsageError, match="unknown extraction reader 'turbo'"):
+        chosen(plain, "turbo")
+    with pytest.raises(UsageError, match=rf"unknown .* \(from \${READER_ENV}\)"):
+        chosen(plain, **{READER_ENV: "turbo"})
+    with pytest.raises(UsageError, match=r"cannot read .*app:\*\*\*@db.* TLS \(ssl_ca\)"):
+        chosen(plain + "?ssl_ca=/ca.pem", "fast")
+
+
+def test_fast_queries_inline_only_integers():
+    ratings = source_table("ratings")
+    stmt = sa.select(ratings.c.user_id).where(ratings.c.user_id >= 301, ratings.c.row_id <= 7)
+    text = compile_query(stmt, parse_source_url("mysql+pymysql://app@db/snacks"))
+    assert "ratings.user_id >= 301" in text and "ratings.row_id <= 7" in text
+    users = source_table("users")
+    with pytest.raises(TypeError, match="only int bounds"):
+        compile_query(sa.select(users.c.user_id).where(users.c.status == "x' OR 1=1 --"),
+                      parse_source_url("sqlite:///x.db"))
+
+
+def test_fast_reader_errors_never_show_the_password(monkeypatch):
+    """ConnectorX's messages may hold the connection string: it is masked, never chained."""
+    import connectorx
+
+    url = parse_source_url(sa.engine.URL.create("mysql+pymysql", "app", WRONG, "db.example",
+                                                3306, "snacks"))
+
+    def fail(conn, query, **kwargs):
+        raise RuntimeError(f"timed out waiting for connection: DriverError {{ Could not "
+                           f"connect to {conn}: password {WRONG} rejected }}")
+
+    monkeypatch.setattr(connectorx, "read_sql", fail)
+    stmt = sa.select(source_table("users").c.user_id)
+    with pytest.raises(SourceConnectionError, match="cannot connect") as info:
+        fastread.read_table(url, "users", stmt, "reading table 'users', user ids [1, 2)")
+    assert "mysql+pymysql://app:***@db.example:3306/snacks" in str(info.value)
+    _assert_no_secret(info.value, WRONG)
+
+    def lost(conn, query, **kwargs):
+        raise RuntimeError("IoError { server disconnected }")
+
+    monkeypatch.setattr(connectorx, "read_sql", lost)
+    with pytest.raises(SourceConnectionError, match=r"'ratings', user ids \[1, 2\): lost"):
+        fastread.read_table(url, "users", stmt, "reading table 'ratings', user ids [1, 2)")
+
+
+def test_fast_reader_falls_back_on_values_it_cannot_convert(tmp_path, caplog):
+    """A SQLite DATETIME holding a bare date: ConnectorX cannot parse it, SQLAlchemy reads
+    it as midnight; that range is re-read with the streaming reader, same lake."""
+    url = f"sqlite:///{tmp_path}/source.db"
+    engine = create_engine_from_url(url)
+    load_synthetic(engine, SMALL)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE ratings SET rated_at = '2026-11-01' WHERE user_id = 150")
+    engine.dispose()
+    fast = extract_lake(url, str(tmp_path / "fast"), users_per_partition=100, reader="fast")
+    extract_lake(url, str(tmp_path / "stream"), users_per_partition=100, reader="stream")
+    assert fast["reader"] == "fast"
+    fallbacks = [r.getMessage() for r in caplog.records if "fast_read_fallback" in r.getMessage()]
+    assert len(fallbacks) == 1 and "'ratings', user ids [101, 201)" in fallbacks[0]
+    tables = read_lake_tables(str(tmp_path / "fast"))
+    assert_lakes_equal(tables, read_lake_tables(str(tmp_path / "stream")))
+    midnight = tables["ratings"].query("user_id == 150")["rated_at"]
+    assert len(midnight) and (midnight == pd.Timestamp("2026-11-01", tz="UTC").value).all()
 
 
 def test_sparse_ids_are_cut_at_quantiles(tmp_path):
@@ -375,11 +512,35 @@ def test_tls_connection_with_ssl_ca(mariadb_server, mariadb_url, tmp_path):
     assert cipher  # the session is encrypted, and the certificate was verified against the CA
     summary = extract_lake(url, str(tmp_path / "lake"))
     assert summary["partitions"] == 1
+    # ConnectorX cannot verify the server (its MySQL URL takes no TLS option): PyMySQL reads
+    assert summary["reader"] == "stream"
+    with pytest.raises(UsageError, match=r"TLS \(ssl_ca, ssl_check_hostname\)"):
+        extract_lake(url, str(tmp_path / "lake"), reader="fast")
     other_ca = make_test_ca(str(tmp_path))["ca"]
     wrong = url.update_query_dict({"ssl_ca": other_ca})
     with pytest.raises(SourceConnectionError, match="cannot connect") as info:
         extract_lake(wrong, str(tmp_path / "lake2"))
     _assert_no_secret(info.value, mariadb_server.password)
+
+
+@pytest.mark.db
+def test_connectorx_has_no_mysql_tls(mariadb_server, mariadb_url):
+    """Why TLS URLs stream: against the TLS-speaking test server, ConnectorX's MySQL URL
+    refuses every TLS option (the ``mysql`` crate's ``require_ssl``/``verify_ca`` and a
+    CA file alike); a plain connection is not encrypted. When a ConnectorX release takes
+    them, this fails: make the fast reader verify the server and drop the fallback."""
+    import connectorx
+
+    url = parse_source_url(mariadb_url)
+    conn = fastread.connection_string(url)
+    cipher = "SELECT VARIABLE_VALUE AS cipher FROM information_schema.SESSION_STATUS " \
+             "WHERE VARIABLE_NAME = 'Ssl_cipher'"
+    assert connectorx.read_sql(conn, cipher, return_type="arrow").to_pylist() == [
+        {"cipher": ""}]
+    for option in ("require_ssl=true", "verify_ca=true", f"ssl_ca={mariadb_server.ca_file}",
+                   f"root_cert_path={mariadb_server.ca_file}"):
+        with pytest.raises(RuntimeError, match="Unknown URL parameter"):
+            connectorx.read_sql(f"{conn}&{option}", cipher, return_type="arrow")
 
 
 @pytest.mark.db
@@ -456,3 +617,49 @@ def test_extract_on_a_distributed_cluster(sqlite_source, synth_tables, tmp_path)
                                client=client)
     assert summary["partitions"] == 3
     assert_lakes_equal(read_lake_tables(str(tmp_path / "lake")), synth_tables)
+
+
+@pytest.mark.db
+def test_a_password_from_the_environment_never_enters_the_task_graph(
+        mariadb_server, monkeypatch, tmp_path):
+    """With $PREASSIGN_SOURCE_PASSWORD the workers get the URL without it, and read it."""
+    import pickle
+
+    distributed = pytest.importorskip("distributed")
+    from preassign.dbsecurity import SecretURL, secret_reference_from_environment
+
+    name = mariadb_server.create_database()
+    try:
+        with_password = sa.engine.make_url(mariadb_server.url(name))
+        engine = create_engine_from_url(with_password)
+        load_synthetic(engine, SMALL)
+        engine.dispose()
+        password = with_password.password
+        assert password
+        monkeypatch.setenv("PREASSIGN_SOURCE_PASSWORD", password)
+        ref = secret_reference_from_environment(with_password._replace(password=None))
+        assert isinstance(ref, SecretURL) and password not in repr(ref) + str(ref)
+
+        graphs: list[bytes] = []
+        real_compute = extract_mod.compute
+
+        def spying(client, tasks, *args, **kwargs):
+            graphs.extend(pickle.dumps(dict(t.__dask_graph__())) for t in tasks)
+            return real_compute(client, tasks, *args, **kwargs)
+
+        monkeypatch.setattr(extract_mod, "compute", spying)
+        lake = tmp_path / "lake"
+        # the workers start after the variable is set, as a scheduled task's would
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as cluster, \
+                distributed.Client(cluster) as client:
+            summary = extract_lake(ref, str(lake), users_per_partition=100, client=client)
+        assert summary["partitions"] == 3 and graphs
+        assert all(password.encode() not in g for g in graphs)
+        manifest = (lake / pointer(lake) / MANIFEST).read_text()
+        assert password not in manifest and "***" in manifest
+        reference = tmp_path / "reference"
+        extract_lake(with_password, str(reference), users_per_partition=100)
+        assert_lakes_equal(read_lake_tables(str(lake)), read_lake_tables(str(reference)))
+    finally:
+        mariadb_server.drop_database(name)

@@ -308,6 +308,56 @@ def mariadb_url(mariadb_server: MariaDB) -> Iterator[str]:
         mariadb_server.drop_database(name)
 
 
+@contextlib.contextmanager
+def throwaway_mariadb(*, prefix: str = "preassign-mariadb-",
+                      buffer_pool: str | None = None) -> Iterator[MariaDB]:
+    """A MariaDB like the ``mariadb_server`` fixture's, for scripts outside pytest.
+
+    Installed in a new temporary directory, with TLS (``.ca_file``) and the test user;
+    stopped and deleted on exit. ``buffer_pool`` (e.g. ``"2G"``) resizes InnoDB's buffer
+    pool once the server runs (the fixture's is 128M). Used by ``benchmarks/extract_bench.py``.
+
+    Raises:
+        RuntimeError: MariaDB is not installed, or the server does not start.
+    """
+    mariadbd = find_binary("mariadbd")
+    install_db = find_binary("mariadb-install-db", "mysql_install_db")
+    if mariadbd is None or install_db is None:
+        raise RuntimeError("MariaDB is not installed (apt-get install -y mariadb-server)")
+    os_user = "root" if os.geteuid() == 0 else getpass.getuser()
+    base = tempfile.mkdtemp(prefix=prefix)  # short: the socket path is limited
+    server: MariaDB | None = None
+    try:
+        subprocess.run([install_db, "--no-defaults", f"--user={os_user}",
+                        f"--datadir={base}/data", "--auth-root-authentication-method=normal",
+                        "--skip-test-db", "--skip-name-resolve"],
+                       capture_output=True, timeout=180, check=True)
+        make_test_ca(base)
+        port = free_port()
+        server = MariaDB(base=base, port=port, password=f"p@ss:{uuid.uuid4().hex[:10]}/%",
+                         process=_start_mariadb(base, mariadbd, os_user, port))
+        if not _wait_ready(server, timeout=60):
+            raise RuntimeError(f"mariadbd did not become ready; error log:\n{_log_tail(base)}")
+        quoted = server.password.replace("'", "''")
+        for host in ("localhost", "127.0.0.1"):
+            server.execute(
+                f"CREATE USER '{MARIADB_USER}'@'{host}' IDENTIFIED BY '{quoted}'",
+                f"GRANT ALL PRIVILEGES ON *.* TO '{MARIADB_USER}'@'{host}'",
+            )
+        if buffer_pool:
+            server.execute(f"SET GLOBAL innodb_buffer_pool_size = {_bytes(buffer_pool)}")
+        yield server
+    finally:
+        if server is not None:
+            _stop(server.process)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _bytes(size: str) -> int:
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    return int(size[:-1]) * units[size[-1].upper()] if size[-1].upper() in units else int(size)
+
+
 # --------------------------------------------------------------------------------------------
 # S3 (moto)
 
