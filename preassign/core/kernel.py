@@ -126,6 +126,36 @@ def _offer(top, n_top, g, key, cap):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _rooms(room, genre_count, cap, n_genres):  # pragma: no cover - compiled
+    """Per genre, how many more snacks of it the box may take (``cap`` minus those in it)."""
+    for g in range(n_genres):
+        room[g] = cap - genre_count[g]
+
+
+@njit(cache=True, nogil=True)
+def _merge_best(best, n_best, top, n_top, g, need):  # pragma: no cover - compiled
+    """Merge genre g's final list into ``best``, the stage's descending top-``need`` keys.
+
+    Once ``best`` holds ``need`` keys its last one is a threshold: a candidate below it
+    cannot be chosen. Every key in ``best`` lies within its genre's first ``room`` keys, so
+    the greedy walk takes each of them before reaching the candidate (its genre cannot be
+    full yet), and ``need`` keys fill the stage.
+    """
+    for k in range(n_top[g]):
+        key = top[g, k]
+        if n_best == need and key <= best[need - 1]:
+            break  # the list is descending: the rest are smaller still
+        j = n_best if n_best < need else need - 1
+        while j > 0 and best[j - 1] < key:
+            best[j] = best[j - 1]
+            j -= 1
+        best[j] = key
+        if n_best < need:
+            n_best += 1
+    return n_best
+
+
+@njit(cache=True, nogil=True)
 def _take(top, n_top, merged, genre_count, genre_of_col, cap, count, target, mask,
           out_col, out_slot, out_stage, out_user, n_out, u, stage, flags,
           n_genres):  # pragma: no cover - compiled
@@ -218,6 +248,8 @@ def assign_partition(users, snacks, values):  # pragma: no cover - compiled; hel
     top = np.empty((n_genres, cap), np.int64)
     n_top = np.zeros(n_genres, np.int64)
     merged = np.empty(n_genres * cap + 1, np.int64)
+    room = np.zeros(n_genres, np.int64)
+    best = np.empty(n_genres * cap + 1, np.int64)  # a stage takes at most n_genres * cap
     req_cols = np.empty(n_snacks, np.int64)
     req_keys = np.empty(n_snacks, np.int64)
     overflow = False
@@ -305,23 +337,32 @@ def assign_partition(users, snacks, values):  # pragma: no cover - compiled; hel
         # 2. preference. Rated snacks are offered one by one; unrated ones are walked per genre
         # in prior order: their score is a monotone function of the prior within a genre, so
         # the walk stops at the first candidate whose rounded score is below the genre's
-        # current cap-th (equal ones may still win on snack id, so they are offered).
+        # current room-th (equal ones may still win on snack id, so they are offered), or
+        # below the stage's need-th best so far over the genres already walked.
         target = k_box - explore_slots
         if count < target:
+            need = min(target - count, np.int64(len(best)))
+            _rooms(room, genre_count, cap, n_genres)
             for i in range(r_ptr[u], r_ptr[u + 1]):
                 c = r_col[i]
                 if flags[c] & (_OFFERED | _CHOSEN):
                     continue
                 flags[c] |= _OFFERED
+                g = genre_of_col[c]
+                if room[g] <= 0:
+                    continue
                 if _eligible(c, d, u, launched, retired, flags, rating, ing_words, avoid_words,
                              n_words):
-                    g = genre_of_col[c]
                     key, bad = _score_key(c, g, u, rating, prior, own_of, sum_g, cnt_g, sum_u,
                                           cnt_u,
                                           favorite, genre_weight, fav_bonus, mask, bits, limit)
                     overflow |= bad
-                    _offer(top, n_top, g, key, cap)
+                    _offer(top, n_top, g, key, room[g])
+            n_best = 0
             for g in range(n_genres):
+                r = room[g]
+                if r <= 0:
+                    continue
                 for j in range(genre_start[g], genre_start[g + 1]):
                     c = pref_order[j]
                     if rating[c] != 0 or flags[c] & _CHOSEN:
@@ -333,19 +374,29 @@ def assign_partition(users, snacks, values):  # pragma: no cover - compiled; hel
                                           cnt_u,
                                           favorite, genre_weight, fav_bonus, mask, bits, limit)
                     overflow |= bad
-                    if n_top[g] == cap and (key >> bits) < (top[g, cap - 1] >> bits):
+                    if n_top[g] == r and (key >> bits) < (top[g, r - 1] >> bits):
                         break
-                    _offer(top, n_top, g, key, cap)
+                    if n_best == need and (key >> bits) < (best[need - 1] >> bits):
+                        break
+                    _offer(top, n_top, g, key, r)
+                n_best = _merge_best(best, n_best, top, n_top, g, need)
             count, n_out = _take(top, n_top, merged, genre_count, genre_of_col, cap, count,
                                  target, mask, out_col, out_slot, out_stage, out_user, n_out, u,
                                  _PREFERENCE, flags, n_genres)
         # 3. explore: novel snacks by explore key, walked per genre by base = prior + new
         # bonus (descending, for this user's date); a key is at most base + max(jitter
-        # weight, 0), so the walk stops once that bound is below the genre's cap-th key
+        # weight, 0), so the walk stops once that bound is below the genre's room-th key or
+        # the stage's need-th best so far
         if count < k_box:
             row = day_row[u]
             jmax = jitter_weight if jitter_weight > 0.0 else 0.0
+            need = min(k_box - count, np.int64(len(best)))
+            _rooms(room, genre_count, cap, n_genres)
+            n_best = 0
             for g in range(n_genres):
+                r = room[g]
+                if r <= 0:
+                    continue
                 for j in range(genre_start[g], genre_start[g + 1]):
                     c = explore_order[row, j]
                     if flags[c] & (_CHOSEN | _EVER | _SEEN) or rating[c] != 0:
@@ -355,15 +406,18 @@ def assign_partition(users, snacks, values):  # pragma: no cover - compiled; hel
                         continue
                     new = 1.0 if rules.is_new(np.int64(launched[c]), d, new_days) else 0.0
                     base = prior[c] + new_bonus * new
-                    if n_top[g] == cap:
+                    if n_top[g] == r or n_best == need:
                         bound = np.rint((base + jmax) * 1e6)
-                        if bound < np.float64(top[g, cap - 1] >> bits):
+                        if n_top[g] == r and bound < np.float64(top[g, r - 1] >> bits):
+                            break
+                        if n_best == need and bound < np.float64(best[need - 1] >> bits):
                             break
                     x = rules.explore_key(prior[c], new, rules.jitter(uid[u], snack_ids[c], d),
                                           new_bonus, jitter_weight)
                     key, bad = _pack(x, mask - c, bits, limit)
                     overflow |= bad
-                    _offer(top, n_top, g, key, cap)
+                    _offer(top, n_top, g, key, r)
+                n_best = _merge_best(best, n_best, top, n_top, g, need)
             count, n_out = _take(top, n_top, merged, genre_count, genre_of_col, cap, count,
                                  k_box, mask, out_col, out_slot, out_stage, out_user, n_out, u,
                                  _EXPLORE, flags, n_genres)
