@@ -28,33 +28,35 @@ it. The parameters are :class:`~preassign.core.params.Params`; the snack table a
 
 from __future__ import annotations
 
-from .catalog import SnackCatalog, build_catalog
-from .contract import TABLES, USER_KEYED, LakeError, normalize_table
-from .demand import combine_demand, compute_shortage, count_demand
-from .engine import ENGINES, Engine, get_engine
-from .params import ParamError, Params, parse_overrides
-from .partition import PartitionStats, prepare_partition
-from .rules import STAGES, jitter, snack_prior
+import importlib
+from typing import Any
 
-__all__ = [
-    "ENGINES",
-    "STAGES",
-    "TABLES",
-    "USER_KEYED",
-    "Engine",
-    "LakeError",
-    "ParamError",
-    "Params",
-    "PartitionStats",
-    "SnackCatalog",
-    "build_catalog",
-    "combine_demand",
-    "compute_shortage",
-    "count_demand",
-    "get_engine",
-    "jitter",
-    "normalize_table",
-    "parse_overrides",
-    "prepare_partition",
-    "snack_prior",
-]
+#: Where each public name lives. The submodules are imported on first use, so importing
+#: ``preassign.core.params`` (the command line does, to parse ``--set``) does not load
+#: numba and the compiled rules.
+_EXPORTS = {
+    "SnackCatalog": "catalog", "build_catalog": "catalog",
+    "TABLES": "contract", "USER_KEYED": "contract", "LakeError": "contract",
+    "normalize_table": "contract",
+    "combine_demand": "demand", "compute_shortage": "demand", "count_demand": "demand",
+    "ENGINES": "engine", "Engine": "engine", "get_engine": "engine",
+    "ParamError": "params", "Params": "params", "parse_overrides": "params",
+    "PartitionStats": "partition", "prepare_partition": "partition",
+    "STAGES": "rules", "jitter": "rules", "snack_prior": "rules",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines ``name`` (PEP 562) and return ``name``."""
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    """The public names (for completion)."""
+    return __all__

@@ -34,6 +34,7 @@ from .rules import to_days
 __all__ = [
     "PartitionStats",
     "TargetUsers",
+    "box_sizes",
     "prepare_partition",
     "select_targets",
     "target_mask",
@@ -157,12 +158,21 @@ class TargetUsers:
         user_id: the targets' ids, ascending.
         delivery_on: their delivery day (days since the epoch).
         box_size: their box size K (``default_box_size`` where null).
+        box_declared: their ``box_size`` as the table has it, 0 where null (an engine whose
+            state outlives one set of parameters keeps this and resolves it per run).
     """
 
     mask: np.ndarray
     user_id: np.ndarray
     delivery_on: np.ndarray
     box_size: np.ndarray
+    box_declared: np.ndarray
+
+
+def box_sizes(declared: np.ndarray, params: Params) -> np.ndarray:
+    """Box size K per user: the declared size, ``default_box_size`` where it is null (0)."""
+    declared = np.asarray(declared, np.int64)
+    return np.where(declared == 0, params.default_box_size, declared).astype(np.int64)
 
 
 def select_targets(users: pd.DataFrame, date_from: dt.date, date_to: dt.date,
@@ -175,5 +185,6 @@ def select_targets(users: pd.DataFrame, date_from: dt.date, date_to: dt.date,
         mask=mask,
         user_id=targets["user_id"].to_numpy(np.int64),
         delivery_on=targets["next_delivery_on"].to_numpy(np.int32),
-        box_size=np.where(box == 0, params.default_box_size, box).astype(np.int64),
+        box_size=box_sizes(box, params),
+        box_declared=box,
     )

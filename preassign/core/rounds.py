@@ -48,9 +48,13 @@ def _columns(catalog: SnackCatalog, boxes: pd.DataFrame) -> np.ndarray:
 
 
 def start(engine: Any, state: Any, catalog: SnackCatalog, prior: np.ndarray,
-          params: Params) -> PartitionRounds:
-    """Round 1: every box filled without cutoffs (the SPEC §3 boxes)."""
-    boxes = engine.assign(state, catalog, prior, params)
+          params: Params, users: np.ndarray | None = None) -> PartitionRounds:
+    """Round 1: every box filled without cutoffs (the SPEC §3 boxes).
+
+    ``users`` (bool per state user) limits the run to those users' boxes (a session's run
+    over some of its dates); None fills every box of the state.
+    """
+    boxes = engine.assign(state, catalog, prior, params, None, users)
     return PartitionRounds(engine, state, boxes, boxes, Cutoffs.unlimited(catalog.size))
 
 
@@ -93,6 +97,7 @@ class PartitionOutcome:
     """What a partition contributes to a stock-aware run's outputs (small, summable)."""
 
     demand: pd.DataFrame  # of the final boxes, per (delivery day, snack)
+    demand_first: pd.DataFrame  # of the round-1 boxes (what they would take, SPEC §3)
     units_first: np.ndarray  # per catalog column, round 1
     units_final: np.ndarray
     boxes_lost: np.ndarray  # per column: held in round 1, not in the result
@@ -106,6 +111,7 @@ class PartitionOutcome:
         days = {**self.full_by_day, **other.full_by_day}
         return PartitionOutcome(
             demand=pd.concat([self.demand, other.demand], ignore_index=True),
+            demand_first=pd.concat([self.demand_first, other.demand_first], ignore_index=True),
             units_first=self.units_first + other.units_first,
             units_final=self.units_final + other.units_final,
             boxes_lost=self.boxes_lost + other.boxes_lost,
@@ -126,17 +132,23 @@ def outcome(rounds: PartitionRounds, catalog: SnackCatalog) -> PartitionOutcome:
     first, final = rounds.first, rounds.boxes
     c1, c2 = _columns(catalog, first), _columns(catalog, final)
     u1, u2 = first["user_id"].to_numpy(np.int64), final["user_id"].to_numpy(np.int64)
-    pairs1 = pd.MultiIndex.from_arrays([u1, c1])
-    pairs2 = pd.MultiIndex.from_arrays([u2, c2])
-    lost = ~pairs1.isin(pairs2)
-    gained = ~pairs2.isin(pairs1)
+    if final is first:  # no round changed a box (always so without stock limits)
+        lost, gained = np.zeros(len(c1), bool), np.zeros(len(c2), bool)
+    else:
+        pairs1 = pd.MultiIndex.from_arrays([u1, c1])
+        pairs2 = pd.MultiIndex.from_arrays([u2, c2])
+        lost = ~pairs1.isin(pairs2)
+        gained = ~pairs2.isin(pairs1)
     changed = np.union1d(u1[lost], u2[gained])
     full = _full(final)
     days, counts = np.unique(final["delivery_on"].to_numpy()[full], return_counts=True)
+    demand = count_demand(final)
+    units = np.bincount(c1, minlength=n).astype(np.int64)
     return PartitionOutcome(
-        demand=count_demand(final),
-        units_first=np.bincount(c1, minlength=n).astype(np.int64),
-        units_final=np.bincount(c2, minlength=n).astype(np.int64),
+        demand=demand,
+        demand_first=demand if final is first else count_demand(first),
+        units_first=units,
+        units_final=units if final is first else np.bincount(c2, minlength=n).astype(np.int64),
         boxes_lost=np.bincount(c1[lost], minlength=n).astype(np.int64),
         boxes_gained=np.bincount(c2[gained], minlength=n).astype(np.int64),
         boxes_changed=int(len(changed)),

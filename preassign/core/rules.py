@@ -3,9 +3,13 @@
 Both engines (:mod:`preassign.core.dense` over arrays, :mod:`preassign.core.sparse` with its
 compiled kernel) and :mod:`preassign.explain` call these; nothing else in the package
 spells a weight, a window, the jitter constants or the rounding of keys. The per-element
-formulas are numba ``vectorize`` functions: called with numpy arrays they broadcast like
+formulas (``jitter``, ``in_lineup``, ``in_window``, ``is_new``, ``affinity``, ``score``,
+``explore_key``, ``micro_units``) are numba ``vectorize`` functions, written in
+:mod:`preassign.core._formulas` and read here: called with numpy arrays they broadcast like
 ufuncs, called with scalars from compiled code they are plain inlined functions - one
-definition serves both engines, so the engines cannot drift apart.
+definition serves both engines, so the engines cannot drift apart. They are loaded on
+first use (compiling or loading them costs about half a second), so a process that only
+needs the constants and the prior - the client of a run - never loads numba.
 
 Floating point: every formula adds its terms left to right in the order SPEC §3 writes
 them, in double precision, and numba compiles without ``fastmath`` (no contraction or
@@ -15,9 +19,21 @@ reordering), so an array result and a scalar result are bit for bit the same.
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numba import vectorize
+
+if TYPE_CHECKING:  # the compiled formulas: loaded on first use, see __getattr__ at the end
+    from ._formulas import (
+        affinity,
+        explore_key,
+        in_lineup,
+        in_window,
+        is_new,
+        jitter,
+        micro_units,
+        score,
+    )
 
 __all__ = [
     "EPOCH",
@@ -121,86 +137,20 @@ def snack_prior(rating_sum: np.ndarray, rating_count: np.ndarray, params: object
         np.asarray(rating_count).astype(np.float64) + m)
 
 
-@vectorize(["float64(int64, int64, int64)"], nopython=True, cache=True)
-def jitter(user_id: int, snack_id: int, day: int) -> float:  # pragma: no cover - compiled
-    """splitmix64 jitter in [0, 1) per (user, snack, day), arithmetic modulo 2**64.
-
-    ``day`` is days since 1970-01-01. Broadcasts like a ufunc; callable from compiled code.
-
-    Examples:
-        >>> float(jitter(1, 1, 20788))
-        0.7564211760476489
-    """
-    x = np.uint64(user_id) * _GOLDEN + np.uint64(snack_id) * _SNACK_MIX + np.uint64(day)
-    z = (x ^ (x >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    z = z ^ (z >> np.uint64(31))
-    return np.float64(z >> np.uint64(11)) * _TWO_POW_MINUS_53
-
-
-@vectorize(["boolean(int64, int64, int64)"], nopython=True, cache=True)
-def in_lineup(launched_on: int, retired_on: int, day: int) -> bool:  # pragma: no cover
-    """Eligibility rule 1: ``launched_on <= d`` and ``retired_on`` (NEVER if null) ``> d``."""
-    return launched_on <= day and retired_on > day
-
-
-@vectorize(["boolean(int64, int64, int64)"], nopython=True, cache=True)
-def in_window(on: int, day: int, window_days: int) -> bool:  # pragma: no cover - compiled
-    """Whether day ``on`` lies in ``[day - window_days, day - 1]`` (request and repeat windows)."""
-    return on >= day - window_days and on <= day - 1
-
-
-@vectorize(["boolean(int64, int64, int64)"], nopython=True, cache=True)
-def is_new(launched_on: int, day: int, new_days: int) -> bool:  # pragma: no cover - compiled
-    """A snack is new on d if ``d - new_days < launched_on <= d``."""
-    return day - new_days < launched_on and launched_on <= day
-
-
-@vectorize(["float64(float64, float64, float64, float64)"], nopython=True, cache=True)
-def affinity(genre_sum: float, genre_count: float, user_sum: float,
-             user_count: float) -> float:  # pragma: no cover - compiled
-    """The genre affinity of SPEC §3.
-
-    affinity(u, g) = mean of u's latest ratings in g - mean of all of u's latest ratings
-    (0 when u has no latest rating in g).
-    """
-    if genre_count > 0:
-        return genre_sum / genre_count - user_sum / user_count
-    return 0.0
-
-
-@vectorize(["float64(float64, float64, float64, float64, float64, float64)"], nopython=True,
-           cache=True)
-def score(prior: float, own: float, affinity: float, favorite: float, genre_weight: float,
-          favorite_bonus: float) -> float:  # pragma: no cover - compiled
-    """The score of SPEC §3, terms added left to right.
-
-    score(u, s) = prior + own + genre_weight * affinity + favorite_genre_bonus * [favourite]
-    (``favorite`` is 1.0 or 0.0).
-    """
-    x = prior + own
-    x = x + genre_weight * affinity
-    return x + favorite_bonus * favorite
-
-
-@vectorize(["float64(float64, float64, float64, float64, float64)"], nopython=True, cache=True)
-def explore_key(prior: float, new: float, jitter_value: float, new_bonus: float,
-                jitter_weight: float) -> float:  # pragma: no cover - compiled
-    """The exploration key of SPEC §3.
-
-    explore_key(u, s, d) = prior + new_bonus * [new on d] + explore_jitter * jitter
-    (``new`` is 1.0 or 0.0).
-    """
-    x = prior + new_bonus * new
-    return x + jitter_weight * jitter_value
-
-
-@vectorize(["float64(float64)"], nopython=True, cache=True)
-def micro_units(x: float) -> float:  # pragma: no cover - compiled
-    """``rint(x * 1e6)``: orders exactly as ``numpy.round(x, 6)`` and is an exact integer."""
-    return np.rint(x * KEY_SCALE)
-
-
 def key_limit(bits: int) -> float:
     """The largest ``micro_units`` magnitude that packs exactly with ``bits`` low bits."""
     return float(2 ** (62 - bits))
+
+
+#: The compiled per-element formulas, loaded from :mod:`preassign.core._formulas` on first use.
+_FORMULAS = ("jitter", "in_lineup", "in_window", "is_new", "affinity", "score", "explore_key",
+             "micro_units")
+
+
+def __getattr__(name: str) -> Any:
+    """Load the compiled formulas on first use (PEP 562); see the module docstring."""
+    if name in _FORMULAS:
+        from . import _formulas
+
+        return getattr(_formulas, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

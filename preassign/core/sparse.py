@@ -20,7 +20,7 @@ from . import rules
 from .catalog import SnackCatalog, favorite_matrix, lookup, name_positions
 from .dense import assignment_frame, key_bits
 from .params import Params
-from .partition import select_targets
+from .partition import box_sizes, select_targets
 from .stock import Cutoffs
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "SparseState",
     "assign_snacks_sparse",
     "build_sparse_state",
+    "column_type",
     "rating_totals",
 ]
 
@@ -37,7 +38,11 @@ class SparseState(NamedTuple):
     """A partition's target users with their rows grouped per user (CSR).
 
     Ratings keep every row (the kernel resolves the latest); requests keep every row
-    (the kernel applies the user's window). Snack references are catalog columns.
+    (the kernel applies the user's window). Snack references are catalog columns, stored
+    as the smallest integer type that holds them (:func:`column_type`). ``box_size`` is the
+    size as declared (0 where null): it is resolved with ``default_box_size`` when boxes are
+    filled, so one state serves runs with other parameters. Nothing in the state depends on
+    the rule parameters.
     """
 
     user_id: np.ndarray
@@ -111,6 +116,15 @@ class RuleValues(NamedTuple):
     explore_jitter: float
 
 
+def column_type(n_snacks: int) -> type:
+    """The integer type of catalog columns in a state: int16 up to 32,767 snacks, else int32.
+
+    A state is kept on the workers for a whole session, so its biggest arrays (ratings and
+    deliveries, a few dozen rows per user) are stored small.
+    """
+    return np.int16 if n_snacks <= np.iinfo(np.int16).max else np.int32
+
+
 def _csr(row: np.ndarray, n_rows: int, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
     """Group entries by row: -> (ptr, *columns reordered); stable within a row."""
     if len(row) and np.any(row[1:] < row[:-1]):
@@ -174,13 +188,14 @@ def build_sparse_state(
     prefs = tables["genre_prefs"]
     row, hit = rows(prefs)
     favorite = favorite_matrix(prefs["genre"].to_numpy(object), row, hit, catalog, n_u)
+    col = column_type(catalog.size)
     return SparseState(
-        user_id=uid, delivery_on=targets.delivery_on, box_size=targets.box_size,
-        r_ptr=r_ptr, r_col=r_col.astype(np.int64), r_val=r_val.astype(np.int8),
+        user_id=uid, delivery_on=targets.delivery_on, box_size=targets.box_declared,
+        r_ptr=r_ptr, r_col=r_col.astype(col), r_val=r_val.astype(np.int8),
         r_t=r_t.astype(np.int64),
-        d_ptr=d_ptr, d_col=d_col.astype(np.int64), d_day=d_day.astype(np.int32),
-        n_ptr=n_ptr, n_col=n_col.astype(np.int64),
-        q_ptr=q_ptr, q_col=q_col.astype(np.int64), q_t=q_t.astype(np.int64),
+        d_ptr=d_ptr, d_col=d_col.astype(col), d_day=d_day.astype(np.int32),
+        n_ptr=n_ptr, n_col=n_col.astype(col),
+        q_ptr=q_ptr, q_col=q_col.astype(col), q_t=q_t.astype(np.int64),
         avoid_words=avoid_words, favorite=favorite,
     )
 
@@ -255,6 +270,7 @@ def assign_snacks_sparse(
     """
     from .kernel import assign_partition
 
+    state = state._replace(box_size=box_sizes(state.box_size, params))
     if not state.favorite.shape[1]:  # no genres: the kernel indexes one dummy column
         state = state._replace(favorite=np.zeros((state.n_users, 1), bool))
     row, col, slot, stage, overflow = assign_partition(

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .rules import jitter
+from . import rules
 
 __all__ = [
     "Cutoffs",
@@ -62,7 +62,7 @@ def box_keys(user_id: np.ndarray, delivery_on: np.ndarray) -> tuple[np.ndarray, 
     """
     day = np.asarray(delivery_on, np.int64)
     uid = np.asarray(user_id, np.int64)
-    return day, jitter(uid, np.zeros_like(uid), day), uid
+    return day, rules.jitter(uid, np.zeros_like(uid), day), uid
 
 
 @dataclasses.dataclass(frozen=True)
