@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
+import dask
 import distributed
 from dask.utils import parse_timedelta
 
@@ -235,6 +236,12 @@ def _start_local_cluster(s: Mapping[str, Any]) -> distributed.LocalCluster:
     n_workers = s["workers"]
     if s["adapt"] and n_workers is None:
         n_workers = s["adapt"][0]
+    env = dict(s.get("worker_env") or {})
+    if env:
+        # Set before each worker process starts (the C allocator reads its settings then):
+        # Dask's own mechanism, which the nanny applies in this process too.
+        key = "distributed.nanny.pre-spawn-environ"
+        dask.config.set({key: {**dask.config.get(key, default={}), **env}})
     cluster = distributed.LocalCluster(
         n_workers=n_workers,
         threads_per_worker=s["threads_per_worker"],
@@ -242,6 +249,7 @@ def _start_local_cluster(s: Mapping[str, Any]) -> distributed.LocalCluster:
         processes=True,
         # Random port, loopback only: the dashboard has no authentication.
         dashboard_address="127.0.0.1:0",
+        preload=list(s.get("preload") or []),
     )
     logger.info(
         "Started a LocalCluster at %s with %d workers", cluster.scheduler_address,

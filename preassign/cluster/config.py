@@ -731,6 +731,14 @@ def _check_values(values: Mapping[str, Any], *, source: str) -> None:
             isinstance(value, int | float) and not isinstance(value, bool) and value > 0
         ):
             fail(name, "a positive number of seconds")
+        elif name == "worker_env" and not (
+            isinstance(value, Mapping)
+            and all(isinstance(k, str) and k and isinstance(v, str) for k, v in value.items())
+        ):
+            fail(name, "a mapping of environment variable names to strings")
+        elif name == "preload" and (isinstance(value, str) or not all(
+                isinstance(v, str) and v for v in value)):
+            fail(name, "a list of module names")
         elif name == "tags" and not (
             isinstance(value, Mapping)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
