@@ -127,13 +127,15 @@ class _Watchdog(threading.Thread):
                 paused_since = None
 
 
-def compute(client: Any, collections: Sequence[Any], progress: bool = False) -> list[Any]:
+def compute(client: Any, collections: Sequence[Any], progress: bool = False,
+            label: str | None = None) -> list[Any]:
     """Compute Dask collections (delayed objects, frames, series) and return their results.
 
     Args:
         client: a ``distributed.Client``, or None for Dask's current scheduler.
         collections: what to compute, in one graph (shared tasks run once).
         progress: draw Dask's progress bar (with a client).
+        label: the stage's name, printed before its progress bar.
 
     Returns:
         The results, in the order of ``collections``.
@@ -144,10 +146,11 @@ def compute(client: Any, collections: Sequence[Any], progress: bool = False) -> 
     if client is None:
         return list(dask.compute(*collections))
     quiet_known_errors(client)
-    return compute_futures(client, client.compute(list(collections)), progress)
+    return compute_futures(client, client.compute(list(collections)), progress, label)
 
 
-def compute_futures(client: Any, futures: Sequence[Any], progress: bool = False) -> list[Any]:
+def compute_futures(client: Any, futures: Sequence[Any], progress: bool = False,
+                    label: str | None = None) -> list[Any]:
     """Gather submitted futures with :func:`compute`'s progress bar and stall watchdog.
 
     Raises:
@@ -161,6 +164,8 @@ def compute_futures(client: Any, futures: Sequence[Any], progress: bool = False)
         if progress:
             from distributed import progress as show_progress
 
+            if label:
+                sys.stdout.write(f"{label}:\n")
             show_progress(futures, notebook=False)  # a text bar: terminals and notebooks alike
             sys.stdout.write("\n")
         return list(client.gather(futures))

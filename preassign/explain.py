@@ -53,6 +53,7 @@ from .core.dense import (
 from .core.params import Params
 from .core.partition import prepare_partition
 from .core.rules import STAGES, jitter, snack_prior
+from .core.stock import Cutoffs, box_keys
 from .lake import Lake, load_catalog, open_lake, read_table_files
 from .storage import open_location
 
@@ -249,8 +250,8 @@ def _reasons(frame: pd.DataFrame, params: Params, day: dt.date,
 
 
 def _explain(state: UserState, catalog: SnackCatalog, prior: np.ndarray,
-             params: Params) -> pd.DataFrame:
-    box = assign_snacks(state, catalog, prior, params)
+             params: Params, cutoffs: Cutoffs | None = None) -> pd.DataFrame:
+    box = assign_snacks(state, catalog, prior, params, cutoffs)
     col = catalog.columns_of(box["snack_id"].to_numpy(np.int64))[0]
     stage = np.array(STAGES, dtype=object)[box["stage"].to_numpy(np.int64)]
     day = int(state.delivery_on[0])
@@ -297,7 +298,52 @@ def _explain(state: UserState, catalog: SnackCatalog, prior: np.ndarray,
     frame["reason"] = _reasons(frame, params, _EPOCH + dt.timedelta(days=day), launched_on)
     frame.attrs.update(user_id=int(state.user_id[0]), delivery_on=_EPOCH + dt.timedelta(days=day),
                        box_size=int(state.box_size[0]), is_full=n == int(state.box_size[0]))
+    if cutoffs is not None:
+        frame.attrs["missing"] = _missing(state, catalog, prior, params, cutoffs, box)
     return frame[EXPLAIN_COLUMNS]
+
+
+def _load_cutoffs(out_dir: str, catalog: SnackCatalog,
+                  storage_options: Mapping[str, Any] | None) -> Cutoffs:
+    """The cutoffs a stock-aware run ended with (its ``stock_cutoffs/``)."""
+    table = _read_output_table(out_dir, "stock_cutoffs", ["snack_id", "no_box", "cutoff_on",
+                                                          "cutoff_jitter", "cutoff_user_id"],
+                               storage_options).to_pandas()
+    cols, known = catalog.columns_of(table["snack_id"].to_numpy(np.int64))
+    day = np.array([np.iinfo(np.int64).min if nb else rules.to_days(d)
+                    for nb, d in zip(table["no_box"], table["cutoff_on"], strict=True)], np.int64)
+    return Cutoffs.unlimited(catalog.size).with_values(
+        cols[known], day[known], table["cutoff_jitter"].fillna(0.0).to_numpy()[known],
+        table["cutoff_user_id"].fillna(0).to_numpy(np.int64)[known])
+
+
+def _missing(state: UserState, catalog: SnackCatalog, prior: np.ndarray, params: Params,
+             cutoffs: Cutoffs, box: pd.DataFrame) -> pd.DataFrame:
+    """Snacks the box would hold without stock limits but does not: why (SPEC §6)."""
+    free = assign_snacks(state, catalog, prior, params)
+    gone = sorted(set(free["snack_id"]) - set(box["snack_id"]))
+    day = int(state.delivery_on[0])
+    _, jit, _ = box_keys(state.user_id[:1], state.delivery_on[:1])
+    rows = []
+    for sid in gone:
+        c = int(catalog.columns_of(np.array([sid], np.int64))[0][0])
+        label = f"#{sid} {catalog.names[c]}"
+        if cutoffs.no_box[c]:
+            reason = f"{label} has no stock for any box (stock 0, or it all went elsewhere)"
+        elif not cutoffs.limited[c]:  # pragma: no cover - a limited snack is why it is gone
+            reason = f"{label} gave way to another snack that ran out"
+        else:
+            last = rules.from_days(int(cutoffs.day[c]))
+            this = rules.from_days(day)
+            if int(cutoffs.day[c]) < day:
+                reason = (f"stock of {label} went to boxes up to {last}, this box is on {this}")
+            else:
+                reason = (f"stock of {label} went to boxes up to {last} and ran out that day: "
+                          f"boxes of a date are served by jitter order (this box "
+                          f"{float(jit[0]):.3f}, the last one served "
+                          f"{float(cutoffs.jitter[c]):.3f})")
+        rows.append({"snack_id": int(sid), "name": catalog.names[c], "reason": reason})
+    return pd.DataFrame(rows, columns=["snack_id", "name", "reason"])
 
 
 def explain_box(
@@ -337,7 +383,10 @@ def explain_box(
         favorite_term`` for preference and fallback picks; ``explore_key = prior +
         new_bonus_term + explore_jitter * jitter`` for explore picks (other cells are
         null; numbers rounded to 6 decimals like SPEC §3); ``reason`` in words.
-        ``frame.attrs`` holds ``user_id``, ``delivery_on``, ``box_size`` and ``is_full``.
+        ``frame.attrs`` holds ``user_id``, ``delivery_on``, ``box_size`` and ``is_full``;
+        for a stock-aware run (SPEC §6) also ``missing``: the snacks the box would hold
+        without stock limits but does not, each with why (e.g. "stock of #172 went to boxes
+        up to 2026-12-09, this box is on 2026-12-11").
 
     Raises:
         LookupError: the user is not in the lake or not targeted in the dates.
@@ -380,4 +429,6 @@ def explain_box(
         prior = _load_prior(out_dir, catalog, rule_params, storage_options)
     else:
         prior = _compute_prior(lake, catalog, rule_params, on_invalid)
-    return _explain(state, catalog, prior, rule_params)
+    cutoffs = _load_cutoffs(out_dir, catalog, storage_options) \
+        if out_dir is not None and summary.get("stock_aware") else None
+    return _explain(state, catalog, prior, rule_params, cutoffs)

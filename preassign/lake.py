@@ -27,6 +27,7 @@ root that readers should use (how ``extract`` publishes a new lake atomically).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -68,6 +69,9 @@ from .storage import RunOutput as Output
 __all__ = [
     "Lake",
     "LakeError",
+    "PartitionFiles",
+    "load_partition",
+    "user_partitions",
     "OutputError",
     "OutputExistsError",
     "open_lake",
@@ -75,6 +79,7 @@ __all__ = [
     "read_small_table",
     "read_user_tables",
     "read_file",
+    "read_raw_tables",
     "read_table_files",
     "write_user_partition",
     "write_small_table",
@@ -402,6 +407,21 @@ def _shuffle_key(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(_part=key)
 
 
+def read_raw_tables(lake: Lake) -> dict[str, dd.DataFrame]:
+    """The user-keyed tables as they are stored: one partition per file, canonical types.
+
+    Every file's footer is read first: a missing column, a wrong type or an unreadable file
+    is found here, before anything shuffles the tables (a task failing mid-shuffle leaves
+    Dask's shuffle machinery logging errors of its own).
+    """
+    files = {name: lake.files(name) for name in USER_KEYED}
+    for name, paths in files.items():
+        schemas = [_file_schema(lake, path, name) for path in paths]
+        for path, schema in zip(paths, schemas, strict=True):
+            check_file_schema(name, schema, lake.full_path(path), schemas[0])
+    return {name: _read_table(lake, name, files[name]) for name in USER_KEYED}
+
+
 def read_user_tables(
     lake: Lake, *, users_per_partition: int = 50_000
 ) -> tuple[dict[str, dd.DataFrame], str]:
@@ -418,15 +438,12 @@ def read_user_tables(
         if len(set(counts.values())) != 1:  # pragma: no cover - guarded by file names above
             raise LakeError(f"lake {lake.url!r}: partition counts differ: {counts}")
         return frames, "co-partitioned"
-    # Every file's footer first: a missing column, a wrong type or an unreadable file is
-    # found here, never inside the shuffle (a task failing mid-shuffle leaves Dask's
-    # shuffle machinery logging errors of its own).
-    files = {name: lake.files(name) for name in USER_KEYED}
-    for name, paths in files.items():
-        schemas = [_file_schema(lake, path, name) for path in paths]
-        for path, schema in zip(paths, schemas, strict=True):
-            check_file_schema(name, schema, lake.full_path(path), schemas[0])
-    raw = {name: _read_table(lake, name, files[name]) for name in USER_KEYED}
+    return _shuffled_tables(lake, users_per_partition), "shuffled"
+
+
+def _shuffled_tables(lake: Lake, users_per_partition: int) -> dict[str, dd.DataFrame]:
+    """Every user-keyed table hash-shuffled on ``user_id`` into the same partitions."""
+    raw = read_raw_tables(lake)
     n_users = 0
     for path in lake.files("users"):
         try:
@@ -440,7 +457,74 @@ def read_user_tables(
     for name, frame in raw.items():
         keyed = frame.map_partitions(_shuffle_key)
         frames[name] = keyed.shuffle("_part", npartitions=npartitions).drop(columns="_part")
-    return frames, "shuffled"
+    return frames
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionFiles:
+    """Partition ``index`` of a co-partitioned lake: its file of every user-keyed table.
+
+    The task that builds the partition's state reads the files itself
+    (:func:`load_partition`), so a partition's rows are decoded once, where they are used,
+    and never travel between workers.
+
+    Attributes:
+        index: the partition's number.
+        bounds: its recorded user range ``[lo, hi)`` (from ``_lake.json``).
+        fs: the lake's filesystem (pickled to the workers).
+        paths: per table, the file's path on ``fs``.
+        where: per table, the file as the user knows it (a URL), for messages.
+        references: per table, the first file's schema, named in a type error.
+    """
+
+    index: int
+    bounds: tuple[int, int]
+    fs: Any
+    paths: Mapping[str, str]
+    where: Mapping[str, str]
+    references: Mapping[str, pa.Schema]
+
+    def read(self) -> dict[str, pd.DataFrame]:
+        """The partition's rows of every user-keyed table, in canonical types."""
+        return {name: read_file(self.fs, self.paths[name], name, self.where[name],
+                                self.references.get(name)).to_pandas(types_mapper=pd.ArrowDtype)
+                for name in USER_KEYED}
+
+
+def user_partitions(lake: Lake, *, users_per_partition: int = 50_000
+                    ) -> tuple[list[Any], str]:
+    """The lake's partitions of users, each holding every user-keyed row of its users.
+
+    Returns:
+        ``(partitions, layout)``. A co-partitioned lake (``_lake.json`` and its part files)
+        gives one :class:`PartitionFiles` per partition (``layout = "co-partitioned"``);
+        any other lake is shuffled on ``user_id`` (``"shuffled"``) and each partition is a
+        dict of table name to a ``dask.delayed`` partition of the shuffled frames. Either
+        is what :func:`load_partition` turns into frames, inside a task.
+    """
+    fast = lake.fast_path_files()
+    if fast is not None and lake.manifest is not None:
+        bounds = lake.manifest["bounds"]
+        references = {name: _file_schema(lake, files[0], name)
+                      for name, files in fast.items() if files}
+        n = len(fast["users"])
+        return [PartitionFiles(
+            index=i, bounds=(int(bounds[i]), int(bounds[i + 1])), fs=lake.fs,
+            paths={name: fast[name][i] for name in USER_KEYED},
+            where={name: lake.full_path(fast[name][i]) for name in USER_KEYED},
+            references=references) for i in range(n)], "co-partitioned"
+    frames = _shuffled_tables(lake, users_per_partition)
+    parts = {name: frame.to_delayed() for name, frame in frames.items()}
+    n = len(parts["users"])
+    return [{name: parts[name][i] for name in USER_KEYED} for i in range(n)], "shuffled"
+
+
+def load_partition(part: PartitionFiles | Mapping[str, pd.DataFrame]
+                   ) -> tuple[dict[str, pd.DataFrame], tuple[int, int] | None]:
+    """A partition's raw frames and recorded user range (None when shuffled), in a task."""
+    if isinstance(part, PartitionFiles):
+        return part.read(), part.bounds
+    return dict(part), None
 
 
 # --------------------------------------------------------------------------------------------

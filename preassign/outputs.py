@@ -11,6 +11,7 @@ from .core.rules import STAGES
 
 __all__ = [
     "ASSIGNMENT_SCHEMA",
+    "CUTOFF_SCHEMA",
     "DEMAND_SCHEMA",
     "PRIOR_SCHEMA",
     "RESERVATION_SCHEMA",
@@ -28,18 +29,28 @@ ASSIGNMENT_SCHEMA = pa.schema(
         ("stage", pa.string()),
     ]
 )
+#: Names for people, after the SPEC's columns of demand/, shortage/ and reservations/.
+_NAMES = [("name", pa.string()), ("genre", pa.string())]
 DEMAND_SCHEMA = pa.schema(
     [("delivery_on", pa.date32()), ("snack_id", pa.int64())]
-    + [(c, pa.int64()) for c in DEMAND_COLUMNS]
+    + [(c, pa.int64()) for c in DEMAND_COLUMNS] + _NAMES
 )
 SHORTAGE_SCHEMA = pa.schema(
     [("snack_id", pa.int64()), ("units", pa.int64()), ("stock", pa.int64()),
-     ("shortage", pa.int64())]
+     ("shortage", pa.int64()), ("has_stock_row", pa.bool_()), ("runs_out_on", pa.date32()),
+     ("boxes_affected", pa.int64())] + _NAMES
 )
 RESERVATION_SCHEMA = pa.schema(
     [("snack_id", pa.int64()), ("stock", pa.int64()), ("units_unconstrained", pa.int64()),
      ("units", pa.int64()), ("units_left", pa.int64()), ("boxes_lost", pa.int64()),
      ("boxes_gained", pa.int64()), ("limited", pa.bool_()), ("cutoff_on", pa.date32())]
+    + _NAMES
+)
+#: ``stock_cutoffs/`` of a stock-aware run: κ(s) of every limited snack, whole (the key of
+#: the last box served; ``no_box`` for −∞), which ``explain_box`` uses.
+CUTOFF_SCHEMA = pa.schema(
+    [("snack_id", pa.int64()), ("no_box", pa.bool_()), ("cutoff_on", pa.date32()),
+     ("cutoff_jitter", pa.float64()), ("cutoff_user_id", pa.int64())]
 )
 PRIOR_SCHEMA = pa.schema(
     [("snack_id", pa.int64()), ("genre", pa.string()), ("ratings_count", pa.int64()),

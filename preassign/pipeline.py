@@ -1,98 +1,70 @@
-"""The only module that builds Dask graphs: read -> scan -> prior -> assign -> demand -> publish.
+"""The run: open the lake, read it once into a session, fill the boxes, publish (SPEC §3-§6).
 
-Two passes over the co-partitioned user tables, one task per partition each:
+:func:`run_job` is the whole command (cluster, optional extraction, run);
+:func:`run_preassignment` the run on a given client. Both go through one
+:class:`preassign.session.Session`:
 
-1. **scan** (:func:`scan_partition`): check ``users`` and ``ratings`` (every table when
-   invalid rows are dropped: their rows are kept aside), count rows and orphans, and sum
-   the latest ratings per snack. The small per-partition stats are added up on the client:
-   C and prior(s) for a few hundred snacks.
-2. **assign** (:func:`assign_partition`): prepare every table of the partition, build its
-   user state with the chosen engine and fill its boxes. Each task returns two results:
-   the assignment frame (into a Dask frame with an explicit ``meta``, checked by Dask) and
-   the counts of the tables the scan did not read. The frames are written to Parquet,
-   aggregated to demand per (date, snack) with a groupby, and counted, in one graph, so
-   each partition is assigned once.
+1. **read** (client): the lake's listing, fingerprint, snack tables and partitions of users
+   (:func:`preassign.session.open_partitions`), done while a local cluster starts.
+2. **scan** (one task per partition): read the partition's files once, check and count
+   every table, sum its latest ratings, build its users' state and keep it on the worker.
+   The per-partition totals are added up on the client: C and prior(s) for a few hundred
+   snacks.
+3. **assign** (one task per partition): fill the boxes from the kept state (SPEC §3; for a
+   stock-aware run the rounds of SPEC §6), count demand per (date, snack) on the workers
+   (a groupby per partition, added up on the client), write ``assignments/`` from the
+   workers.
+4. **publish**: the small outputs, the summary and the report are staged, then everything is
+   published at once (:class:`preassign.storage.RunOutput`).
 
 The core functions are pure (:mod:`preassign.core`); this module only wires them.
-Outputs are written to a staging area and published at the end
-(:class:`preassign.storage.RunOutput`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import dask
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from .compute import compute
 from .core.catalog import SnackCatalog
-from .core.contract import USER_KEYED, check_user_range
-from .core.demand import combine_demand, compute_shortage, count_demand
-from .core.dense import ASSIGNMENT_COLUMNS
 from .core.engine import get_engine
 from .core.params import Params
-from .core.partition import PartitionStats, prepare_partition, target_mask, targeted_by_day
-from .core.rules import snack_prior
+from .core.partition import PartitionStats
 from .errors import InputError, UsageError
-from .lake import Lake, load_catalog, open_lake, protected_locations, read_user_tables
+from .lake import load_catalog, open_lake, protected_locations
+from .logs import log_event
 from .outputs import (
     ASSIGNMENT_SCHEMA,
+    CUTOFF_SCHEMA,
     DEMAND_SCHEMA,
     PRIOR_SCHEMA,
     RESERVATION_SCHEMA,
     SHORTAGE_SCHEMA,
-    assignment_output,
     days_to_arrow_dates,
 )
-from .report import render_report
+from .session import OpenedLake, open_partitions
 from .storage import RunOutput
 from .summary import build_summary, cluster_info, package_versions
 
 __all__ = [
     "ASSIGNMENT_SCHEMA",
+    "ExtractFirst",
     "RunConfig",
     "RunResult",
-    "assign_partition",
     "check_output",
     "load_catalog",
-    "ExtractFirst",
     "run_job",
     "run_preassignment",
-    "scan_partition",
 ]
 
 log = logging.getLogger(__name__)
-
-#: The engines' assignment frame, empty: the ``meta`` of the assigned Dask frame.
-ASSIGNMENT_META = pd.DataFrame(
-    {
-        "delivery_on": np.zeros(0, np.int32),
-        "user_id": np.zeros(0, np.int64),
-        "slot": np.zeros(0, np.int16),
-        "snack_id": np.zeros(0, np.int64),
-        "stage": np.zeros(0, np.int8),
-        "box_size": np.zeros(0, np.int64),
-    }
-)[list(ASSIGNMENT_COLUMNS)]
-
-#: Per-partition row counts of the tables the assign pass counts: the ``meta`` of their frame.
-COUNTS_META = pd.DataFrame({"table": pd.Series([], dtype=object),
-                            "input_rows": np.zeros(0, np.int64),
-                            "orphan_rows": np.zeros(0, np.int64)})
-
-#: Tables the scan pass reads when invalid rows fail the run: enough for the prior and the
-#: target users. The other user tables are checked and counted by the assign pass, which
-#: reads them anyway (so no table but these is read and decoded twice).
-SCAN_TABLES = ("users", "ratings")
-
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -109,6 +81,8 @@ class RunConfig:
     users_per_partition: int = 50_000
     engine: str = "numba"
     stock_aware: bool = False
+    compare_to: str | None = None
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         """Check the values (a :class:`~preassign.errors.UsageError` names the bad one)."""
@@ -130,116 +104,8 @@ class RunResult:
     reservations: pd.DataFrame | None = None
 
 
-# --------------------------------------------------------------------------------------------
-# the tasks (run on workers; pure functions of their inputs)
-
-
-def scan_partition(
-    index: int,
-    bounds: tuple[int, int] | None,
-    catalog: SnackCatalog,
-    date_from: dt.date,
-    date_to: dt.date,
-    on_invalid: str,
-    engine: str,
-    names: tuple[str, ...],
-    *parts: pd.DataFrame,
-) -> PartitionStats:
-    """Pass 1 on partition ``index``: check and count the tables ``names``, sum latest ratings.
-
-    Args:
-        index: the partition's number.
-        bounds: its recorded user range ``[lo, hi)`` (co-partitioned lakes), else None.
-        catalog: the snack catalog.
-        date_from: first delivery date of the run.
-        date_to: last delivery date of the run.
-        on_invalid: ``"raise"`` or ``"drop"``.
-        engine: the engine name (its ``rating_totals`` is used).
-        names: the tables given in ``parts``, in order (``users`` and ``ratings`` first).
-        *parts: the raw rows of each table of the partition.
-
-    Returns:
-        The partition's stats (rows and orphans of ``names``, rating totals, targets).
-    """
-    raw = dict(zip(names, parts, strict=True))
-    if bounds is not None:
-        check_user_range(raw, bounds[0], bounds[1], index)
-    rejected: dict[str, pd.DataFrame] = {}
-    tables, input_rows, orphans, problems = prepare_partition(
-        raw, catalog, on_invalid=on_invalid, rejected=rejected, names=names)
-    sums, counts = get_engine(engine).rating_totals(tables, catalog)
-    users = tables["users"]
-    return PartitionStats(
-        input_rows, orphans, sums, counts,
-        int(target_mask(users, date_from, date_to).sum()), problems,
-        targeted_by_day(users, date_from, date_to),
-        {name: [frame] for name, frame in rejected.items()})
-
-
-def assign_partition(
-    index: int,
-    bounds: tuple[int, int] | None,
-    catalog: SnackCatalog,
-    prior: np.ndarray,
-    date_from: dt.date,
-    date_to: dt.date,
-    params: Params,
-    on_invalid: str,
-    engine: str,
-    count_tables: tuple[str, ...],
-    *parts: pd.DataFrame,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Pass 2 on partition ``index``: prepare every user table, build state, fill the boxes.
-
-    Args:
-        index: the partition's number.
-        bounds: its recorded user range (checked for ``count_tables``), else None.
-        catalog: the snack catalog.
-        prior: prior(s) per catalog column.
-        date_from: first delivery date of the run.
-        date_to: last delivery date of the run.
-        params: rule parameters.
-        on_invalid: ``"raise"`` or ``"drop"``.
-        engine: the engine name.
-        count_tables: the tables the scan pass did not read: this task counts them.
-        *parts: the raw rows of every user-keyed table, in :data:`USER_KEYED` order.
-
-    Returns:
-        ``(assignments, counts)``: the engine's assignment frame, and one row per table of
-        ``count_tables`` with its input and orphan rows (:data:`COUNTS_META`).
-    """
-    raw = dict(zip(USER_KEYED, parts, strict=True))
-    if bounds is not None:
-        check_user_range({n: raw[n] for n in count_tables}, bounds[0], bounds[1], index)
-    tables, input_rows, orphans, _ = prepare_partition(raw, catalog, on_invalid=on_invalid)
-    chosen = get_engine(engine)
-    state = chosen.build_state(tables, catalog, date_from, date_to, params)
-    boxes = chosen.assign(state, catalog, prior, params)
-    return boxes, table_counts(count_tables, input_rows, orphans)
-
-
-def table_counts(names: Sequence[str], input_rows: Mapping[str, int],
-                 orphan_rows: Mapping[str, int]) -> pd.DataFrame:
-    """Per-table row counts of one partition as a small frame (:data:`COUNTS_META`)."""
-    return pd.DataFrame({
-        "table": pd.Series(list(names), dtype=object),
-        "input_rows": np.array([input_rows[n] for n in names], np.int64),
-        "orphan_rows": np.array([orphan_rows[n] for n in names], np.int64),
-    })
-
-
-def _full_boxes_by_day(frame: pd.DataFrame) -> pd.DataFrame:
-    full = frame["slot"].to_numpy() == frame["box_size"].to_numpy()  # slot K exists iff full
-    return pd.DataFrame({"delivery_on": frame["delivery_on"].to_numpy()[full],
-                         "full": np.ones(int(full.sum()), np.int64)})
-
-
-# --------------------------------------------------------------------------------------------
-# the run
-
-
 def check_output(out: str, lake: str, storage_options: Mapping[str, Any] | None = None, *,
-                 overwrite: bool = False) -> RunOutput:
+                 overwrite: bool = False, run_id: str | None = None) -> RunOutput:
     """Open a run's output location and refuse one that would destroy or pollute data.
 
     The output must not be, contain or lie inside the lake (or one of its tables) or any
@@ -250,7 +116,7 @@ def check_output(out: str, lake: str, storage_options: Mapping[str, Any] | None 
         UsageError: the output overlaps the lake or holds something that is not ours.
         OutputExistsError: it holds a complete run and ``overwrite`` is off.
     """
-    output = RunOutput(out, storage_options, overwrite=overwrite)
+    output = RunOutput(out, storage_options, overwrite=overwrite, run_id=run_id)
     output.check_target(protected_locations(lake, storage_options))
     return output
 
@@ -278,8 +144,13 @@ def run_job(
     extract: ExtractFirst | None = None,
     progress: bool = False,
     on_stage: Callable[[str, float], None] | None = None,
+    started: float | None = None,
 ) -> RunResult:
     """The whole job as the command line runs it: checks, cluster, (extraction,) run.
+
+    ``stage_seconds`` in the summary then include starting the cluster (``cluster_start``)
+    and the extraction (``extract``), and ``total`` is the wall time since ``started``
+    (default: now).
 
     Everything that can be checked without a cluster is checked first (the output
     location, the lake location, the lake itself when nothing is extracted), then the
@@ -293,14 +164,36 @@ def run_job(
     from .compute import with_cluster
     from .extract import check_lake_target, extract_lake, has_extraction
 
-    check_output(config.out, config.lake, config.storage_options, overwrite=config.overwrite)
-    if extract is None:
-        open_lake(config.lake, config.storage_options)
-    else:
+    check_output(config.out, config.lake, config.storage_options, overwrite=config.overwrite,
+                 run_id=config.run_id)
+    started = time.perf_counter() if started is None else started
+    reading: concurrent.futures.Future[OpenedLake] | None = None
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="preassign-read")
+    if extract is not None:
         check_lake_target(config.lake, config.storage_options)
+    elif (cluster.kind or "local") == "local":
+        # a local cluster starts in a second or two: read the lake's listing, snack tables and
+        # footers meanwhile (a missing table is still found before anything starts)
+        open_lake(config.lake, config.storage_options)
+        reading = pool.submit(open_partitions, config.lake, config.storage_options,
+                              on_invalid=config.on_invalid,
+                              users_per_partition=config.users_per_partition)
+    else:  # a remote cluster takes minutes to start: a broken lake is found first
+        reading = concurrent.futures.Future()
+        reading.set_result(open_partitions(config.lake, config.storage_options,
+                                           on_invalid=config.on_invalid,
+                                           users_per_partition=config.users_per_partition))
+    pool.shutdown(wait=False)
+
+    t_cluster = time.perf_counter()
+    extra: dict[str, float] = {}
 
     def work(client: Any) -> RunResult:
+        extra["cluster_start"] = round(time.perf_counter() - t_cluster, 3)
+        if on_stage:
+            on_stage("cluster_start", extra["cluster_start"])
         if extract is not None:
+            t = time.perf_counter()
             incremental = extract.incremental
             if incremental is None:
                 incremental = has_extraction(config.lake, config.storage_options)
@@ -308,9 +201,18 @@ def run_job(
                          users_per_partition=extract.users_per_partition,
                          incremental=incremental, storage_options=config.storage_options,
                          client=client, progress=progress)
-        return run_preassignment(config, client, progress=progress, on_stage=on_stage)
+            extra["extract"] = round(time.perf_counter() - t, 3)
+            if on_stage:
+                on_stage("extract", extra["extract"])
+        opened = reading.result() if reading is not None else None
+        return run_preassignment(config, client, progress=progress, on_stage=on_stage,
+                                 started=started, stage_seconds=extra, opened=opened)
 
-    return with_cluster(cluster, work)
+    try:
+        return with_cluster(cluster, work)
+    finally:
+        if reading is not None and not reading.done():
+            reading.cancel()
 
 
 def run_preassignment(
@@ -319,6 +221,9 @@ def run_preassignment(
     *,
     progress: bool = False,
     on_stage: Callable[[str, float], None] | None = None,
+    started: float | None = None,
+    stage_seconds: Mapping[str, float] | None = None,
+    opened: OpenedLake | None = None,
 ) -> RunResult:
     """Run one pre-assignment and publish its outputs (SPEC §4).
 
@@ -328,6 +233,12 @@ def run_preassignment(
             Dask's current scheduler (handy in tests).
         progress: draw Dask's progress bars (only sensible on a terminal or notebook).
         on_stage: called with (stage name, seconds) after each stage, for logging.
+        started: when the job started (``time.perf_counter()``; default: now): the summary's
+            ``stage_seconds["total"]`` is the wall time since.
+        stage_seconds: seconds of stages before this call (cluster start, extraction),
+            recorded in the summary's ``stage_seconds``.
+        opened: the lake, already opened by :func:`preassign.session.open_partitions`
+            (``config.lake`` with ``config.on_invalid``); None opens it here.
 
     Returns:
         The published output location, the summary, demand and shortage frames.
@@ -337,19 +248,25 @@ def run_preassignment(
         UsageError: the output would overwrite the lake or something that is not ours.
         OutputExistsError: ``config.out`` holds a complete run and overwrite is off.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     output = check_output(config.out, config.lake, config.storage_options,
-                          overwrite=config.overwrite)
+                          overwrite=config.overwrite, run_id=config.run_id)
     output.acquire()
     try:
-        return _run(config, client, output, progress, on_stage, started)
+        return _run(config, client, output, progress, on_stage, started,
+                    dict(stage_seconds or {}), opened)
     finally:
         output.release()
 
 
 def _run(config: RunConfig, client: Any, output: RunOutput, progress: bool,
-         on_stage: Callable[[str, float], None] | None, started: float) -> RunResult:
-    seconds: dict[str, float] = {}
+         on_stage: Callable[[str, float], None] | None, started: float,
+         seconds: dict[str, float], opened: OpenedLake | None = None) -> RunResult:
+    """One session on the run's lake, one run of it (SPEC §3, or §6 when stock-aware)."""
+    from .session import Session, start_writing_assignments
+
+    _import_in_background("preassign.report", "matplotlib.figure",
+                          "matplotlib.backends.backend_agg")
 
     def done(stage: str, t0: float) -> float:
         seconds[stage] = round(time.perf_counter() - t0, 3)
@@ -357,200 +274,250 @@ def _run(config: RunConfig, client: Any, output: RunOutput, progress: bool,
             on_stage(stage, seconds[stage])
         return time.perf_counter()
 
-    if config.stock_aware:
-        return _run_stock_aware(config, client, output, progress, done, seconds, started)
     t = time.perf_counter()
-    lake = open_lake(config.lake, config.storage_options)
-    fingerprint = lake.fingerprint()
-    rejected_small: dict[str, list[pd.DataFrame]] = {}
-    catalog, stock, small_rows, problems = load_catalog(lake, config.on_invalid, rejected_small)
-    frames, layout = read_user_tables(lake, users_per_partition=config.users_per_partition)
-    npart = frames["users"].npartitions
-    log.info("lake %s: %d snacks, %d partitions (%s)", config.lake, catalog.size, npart, layout)
-    t = done("read", t)
+    if opened is None:
+        opened = open_partitions(config.lake, config.storage_options,
+                                 on_invalid=config.on_invalid,
+                                 users_per_partition=config.users_per_partition)
+        t = done("read", t)
+    else:  # read while the cluster started
+        seconds["read"] = opened.seconds
+        if on_stage:
+            on_stage("read", opened.seconds)
+    log_event(log, logging.INFO, "lake_opened", lake=config.lake, snacks=opened.catalog.size,
+              partitions=len(opened.partitions), layout=opened.layout)
+    if opened.layout == "shuffled":
+        log_event(log, logging.WARNING, "lake_shuffled", lake=config.lake,
+                  hint="this lake is not co-partitioned, so every run shuffles it by user; "
+                       "rewrite it once with `preassign lake convert` for faster runs")
+    if config.stock_aware and opened.stock is None:
+        raise InputError(
+            f"a stock-aware run needs the lake's table 'stock' (snack_id, quantity): the "
+            f"lake {config.lake!r} has none; add it, or run without --stock-aware")
 
-    stats = _scan(config, client, lake, layout, frames, catalog, progress)
-    problems = problems + stats.problems
-    prior = snack_prior(stats.rating_sum, stats.rating_count, config.params)
-    t = done("scan", t)
+    def round_done(number: int, moved: int) -> None:
+        log_event(log, logging.INFO, "stock_round", round=number, cutoffs_moved=moved)
+        if progress:
+            print(f"round {number}: {moved} cutoff(s) moved", flush=True)
 
-    output.discard()
-    try:
-        demand, full_by_day = _assign(config, client, output, lake, layout, frames, catalog,
-                                      prior, stats, progress)
-        t = done("assign", t)
-        shortage = compute_shortage(demand, stock) if stock is not None else None
-        summary = build_summary(config, stats, small_rows, problems, demand, shortage,
-                                full_by_day,
-                                {"url": lake.url, "layout": layout, "partitions": npart},
-                                fingerprint)
-        _publish(output, client, summary, demand, shortage, None,
-                 {**rejected_small, **stats.rejected}, catalog, stats, prior, seconds, started,
-                 done, t)
-    except BaseException:
-        output.discard()
-        raise
-    return RunResult(out=config.out, summary=summary, demand=demand, shortage=shortage)
-
-
-def _run_stock_aware(config: RunConfig, client: Any, output: RunOutput, progress: bool,
-                     done: Callable[[str, float], float], seconds: dict[str, float],
-                     started: float) -> RunResult:
-    """SPEC §6 through a :class:`preassign.session.Session` opened on the run's lake."""
-    from .session import Session, write_assignments
-
-    t = time.perf_counter()
-    session = Session(config.lake, client, config.date_from, config.date_to,
-                      storage_options=config.storage_options, on_invalid=config.on_invalid,
-                      engine=config.engine, users_per_partition=config.users_per_partition,
+    session = Session(opened, client, config.date_from, config.date_to,
+                      on_invalid=config.on_invalid, engine=config.engine, params=config.params,
                       progress=progress)
     try:
-        if session.stock is None:
-            raise InputError(
-                f"a stock-aware run needs the lake's table 'stock' (snack_id, quantity): the "
-                f"lake {config.lake!r} has none; add it, or run without --stock-aware")
-        seconds["read"] = session.seconds["read"]
-        t = done("scan", t)  # reading and preparing every partition once
-
-        def round_done(number: int, moved: int) -> None:
-            log.info("event=stock_round round=%d cutoffs_moved=%d", number, moved)
-            if progress:
-                print(f"round {number}: {moved} cutoff(s) moved", flush=True)
-
+        t = done("scan", t)  # every partition read, checked and its state built, once
         output.discard()
         try:
-            result = session.run(config.params, stock_aware=True, on_round=round_done)
+            result = session.run(config.params, stock_aware=config.stock_aware,
+                                 on_round=round_done if config.stock_aware else None)
             t = done("assign", t)
-            write_assignments(session, result, output.staging_url("assignments"),
-                              config.storage_options)
-            stats = result.stats
+            written = start_writing_assignments(session, result,
+                                                output.staging_url("assignments"),
+                                                config.storage_options)
             summary = build_summary(
-                config, stats, session.small_rows, session.problems_found, result.demand,
-                None, result.summary["full_by_day"],
+                config, result.stats, session.small_rows, session.problems_found,
+                result.demand, result.shortage, result.summary["full_by_day"],
                 {"url": session.lake.url, "layout": session.layout,
                  "partitions": session.partitions}, session.fingerprint)
-            summary.update(snacks_short=None, stock_aware=True,
-                           **{k: result.summary[k] for k in (
-                               "rounds", "boxes_changed", "boxes_short_unconstrained",
-                               "units_unconstrained", "snacks_limited")})
-            _publish(output, client, summary, result.demand, None, result.reservations,
-                     {**session.rejected_small, **stats.rejected}, session.catalog, stats,
-                     result.prior, seconds, started, done, t)
+            if config.stock_aware:
+                summary.update(snacks_short=None, stock_aware=True,
+                               **{k: result.summary[k] for k in (
+                                   "rounds", "boxes_changed", "boxes_short_unconstrained",
+                                   "units_unconstrained", "snacks_limited")})
+            found = _Findings(
+                demand=result.demand, shortage=result.shortage,
+                reservations=result.reservations,
+                demand_first=result.summary["demand_first"] if config.stock_aware else None,
+                stock=session.stock, cutoffs=result.cutoffs)
+            _publish(config, output, client, summary, found,
+                     {**session.rejected_small, **result.stats.rejected}, session.catalog,
+                     result.stats, result.prior, seconds, started, done, t, written)
         except BaseException:
             output.discard()
             raise
     finally:
         session.close()
-    return RunResult(out=config.out, summary=summary, demand=result.demand, shortage=None,
-                     reservations=result.reservations)
+    return RunResult(out=config.out, summary=summary, demand=result.demand,
+                     shortage=result.shortage, reservations=result.reservations)
 
 
-def _publish(output: RunOutput, client: Any, summary: dict[str, Any], demand: pd.DataFrame,
-             shortage: pd.DataFrame | None, reservations: pd.DataFrame | None,
-             rejected: Mapping[str, list[pd.DataFrame]], catalog: SnackCatalog,
-             stats: PartitionStats, prior: np.ndarray, seconds: dict[str, float],
-             started: float, done: Callable[[str, float], float], t_pub: float) -> None:
-    """Stage the small outputs, the summary and the report; publish everything at once."""
-    _write_tables(output, demand, shortage, reservations, rejected, catalog, stats, prior)
-    summary.update(stage_seconds={}, cluster=cluster_info(client), versions=package_versions(),
-                   run_id=output.run_id, finished_at=None)
+@dataclasses.dataclass
+class _Findings:
+    """What a run found, before names and insights are added."""
+
+    demand: pd.DataFrame
+    shortage: pd.DataFrame | None
+    reservations: pd.DataFrame | None
+    demand_first: pd.DataFrame | None  # stock-aware: round 1's demand (SPEC §3's answer)
+    stock: pd.DataFrame | None
+    cutoffs: Any
+
+
+def _insights(config: RunConfig, summary: dict[str, Any], found: _Findings,
+              catalog: SnackCatalog) -> tuple[pd.DataFrame, pd.DataFrame | None,
+                                              pd.DataFrame | None]:
+    """Names, shortage details, the stock timeline and the call-outs (into ``summary``)."""
+    from .insights import callouts, shortage_details, snack_names, stock_timeline
+
+    names = snack_names(catalog)
+    shortage = timeline = None
+    on_hand = found.stock.set_index("snack_id")["quantity"] if found.stock is not None \
+        else pd.Series(dtype=np.int64)
+    if found.shortage is not None and found.stock is not None:
+        shortage = shortage_details(found.shortage, found.demand, found.stock)
+        short = shortage.loc[shortage["shortage"] > 0, "snack_id"].tolist()
+        timeline = stock_timeline(found.demand, on_hand, short)
+    if found.reservations is not None and found.demand_first is not None:
+        lost = found.reservations.loc[found.reservations["boxes_lost"] > 0, "snack_id"]
+        timeline = stock_timeline(found.demand_first, on_hand, lost.tolist(),
+                                  covered=found.demand)
+    summary["callouts"] = callouts(summary, found.demand, names, catalog, found.stock,
+                                   config.params.new_days, shortage, found.reservations)
+    for c in summary["callouts"]:
+        log_event(log, logging.WARNING if c["severity"] == "warning" else logging.INFO,
+                  "callout", code=c["code"], count=c["count"], message=c["message"])
+    return names, shortage, timeline
+
+
+def _publish(config: RunConfig, output: RunOutput, client: Any, summary: dict[str, Any],
+             found: _Findings, rejected: Mapping[str, list[pd.DataFrame]],
+             catalog: SnackCatalog, stats: PartitionStats, prior: np.ndarray,
+             seconds: dict[str, float], started: float, done: Callable[[str, float], float],
+             t_pub: float, written: Callable[[], int]) -> None:
+    """Stage the small outputs, the summary and the report; publish everything at once.
+
+    The workers write ``assignments/`` meanwhile (``written`` waits for them): the report
+    is rendered off the critical path, and shows the stages finished by then.
+    """
+    waited: list[float] = []
+
+    def wait_written() -> None:
+        if not waited:
+            written()
+            waited.append(round(time.perf_counter() - t_pub, 3))
+
+    names, shortage, timeline = _insights(config, summary, found, catalog)
+    _write_tables(output, found.demand, shortage, found.reservations, rejected, catalog, stats,
+                  prior, names, found.cutoffs)
+    summary.update(cluster=cluster_info(client), versions=package_versions(),
+                   run_id=output.run_id)
+    comparison = None
+    if config.compare_to:
+        from .diff import compare_frames, diff_for_report, read_run
+
+        wait_written()  # the comparison reads this run's boxes
+        this = read_run_staged(output, summary, config.storage_options)
+        diff = compare_frames(read_run(config.compare_to, config.storage_options), this)
+        comparison = diff_for_report(diff, names)
+        summary["compared_to"] = {"out": config.compare_to, "why": diff.why,
+                                  "boxes_changed": diff.boxes_changed,
+                                  "snacks_changed": int(len(diff.snacks))}
+    t_report = time.perf_counter()
+    summary.update(stage_seconds={**seconds, "total": round(t_report - started, 3)},
+                   finished_at=_now())  # as far as the page can know
+    html, table_csv = _render(summary, found, shortage, timeline, names, comparison)
+    output.write_bytes("report.html", html.encode("utf-8"))
+    if table_csv is not None:
+        name = "reservations.csv" if found.reservations is not None else "shortage.csv"
+        output.write_bytes(name, table_csv)
+    seconds["report"] = round(time.perf_counter() - t_report, 3)
+    wait_written()
+    seconds["write"] = waited[0]  # assignments/, from the workers, while the above ran
+    seconds["publish"] = round(time.perf_counter() - t_pub, 3)
     seconds["total"] = round(time.perf_counter() - started, 3)
     summary["stage_seconds"] = dict(seconds)
-    summary["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    t_report = time.perf_counter()
-    summary["stage_seconds"]["report"] = 0.0
-    html = render_report(summary, demand, shortage)
-    summary["stage_seconds"]["report"] = round(time.perf_counter() - t_report, 3)
-    output.write_bytes("report.html", html.encode("utf-8"))
+    summary["finished_at"] = _now()
     output.write_json("summary.json", summary)
     output.publish()
     done("publish", t_pub)
 
 
-def _partition_bounds(lake: Lake, layout: str, i: int) -> tuple[int, int] | None:
-    if layout != "co-partitioned" or not lake.manifest:
-        return None
-    bounds = lake.manifest["bounds"]
-    return bounds[i], bounds[i + 1]
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _scan(config: RunConfig, client: Any, lake: Lake, layout: str,
-          frames: Mapping[str, dd.DataFrame], catalog: SnackCatalog,
-          progress: bool) -> PartitionStats:
-    """Pass 1: per-partition stats, added up.
+def _import_in_background(*modules: str) -> None:
+    """Import ``modules`` in a daemon thread (while this process mostly waits on workers)."""
+    import importlib
+    import threading
 
-    Dropping invalid rows reads every table here, to collect the rejected rows.
-    """
-    names = SCAN_TABLES if config.on_invalid == "raise" else USER_KEYED
-    parts = {name: frames[name].to_delayed() for name in names}
-    scan = dask.delayed(scan_partition, pure=True)
-    tasks = [
-        scan(i, _partition_bounds(lake, layout, i), catalog, config.date_from, config.date_to,
-             config.on_invalid, config.engine, names, *[parts[name][i] for name in names])
-        for i in range(frames["users"].npartitions)
-    ]
-    partials = compute(client, tasks, progress)
-    stats = partials[0]
-    for p in partials[1:]:
-        stats = stats + p
-    return stats
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - imported again, and failing loudly, where used
+                return
+
+    threading.Thread(target=load, name="preassign-imports", daemon=True).start()
 
 
-def _assign(config: RunConfig, client: Any, output: RunOutput, lake: Lake, layout: str,
-            frames: Mapping[str, dd.DataFrame], catalog: SnackCatalog, prior: np.ndarray,
-            stats: PartitionStats, progress: bool) -> tuple[pd.DataFrame, dict[int, int]]:
-    """Pass 2: assign every partition, write ``assignments/``, aggregate demand, count."""
-    scanned = SCAN_TABLES if config.on_invalid == "raise" else USER_KEYED
-    deferred = tuple(n for n in USER_KEYED if n not in scanned)
-    parts = {name: frames[name].to_delayed() for name in USER_KEYED}
-    task = dask.delayed(assign_partition, pure=True, nout=2)
-    pairs = [
-        task(i, _partition_bounds(lake, layout, i), catalog, prior, config.date_from,
-             config.date_to, config.params, config.on_invalid, config.engine, deferred,
-             *[parts[name][i] for name in USER_KEYED])
-        for i in range(frames["users"].npartitions)
-    ]
-    assignments = dd.from_delayed([boxes for boxes, _ in pairs], meta=ASSIGNMENT_META,
-                                  verify_meta=True)
-    write = assignments.map_partitions(
-        assignment_output, meta=assignment_output(ASSIGNMENT_META)
-    ).to_parquet(
-        output.staging_url("assignments"),
-        write_index=False,
-        schema=ASSIGNMENT_SCHEMA,
-        storage_options=config.storage_options,
-        compute=False,
-        write_metadata_file=False,
-    )
-    demand_parts = assignments.map_partitions(count_demand, meta=count_demand(ASSIGNMENT_META))
-    demand_dd = demand_parts.groupby(["delivery_on", "snack_id"]).sum(split_out=1)
-    full_boxes = assignments.map_partitions(
-        _full_boxes_by_day, meta=_full_boxes_by_day(ASSIGNMENT_META)
-    ).groupby("delivery_on")["full"].sum()
-    counts_dd = dd.from_delayed([counts for _, counts in pairs], meta=COUNTS_META,
-                                verify_meta=True)
-    _, demand, full_by_day, counts = compute(
-        client, [write, demand_dd, full_boxes, counts_dd], progress)
-    for name, rows in counts.groupby("table", sort=False)[["input_rows", "orphan_rows"]].sum(
-            ).iterrows():
-        stats.input_rows[name] = stats.input_rows.get(name, 0) + int(rows["input_rows"])
-        stats.orphan_rows[name] = stats.orphan_rows.get(name, 0) + int(rows["orphan_rows"])
-    demand = combine_demand(demand.reset_index())
-    return demand, {int(day): int(n) for day, n in full_by_day.items()}
+def read_run_staged(output: RunOutput, summary: dict[str, Any],
+                    storage_options: Mapping[str, Any]) -> Any:
+    """This run's staged outputs, read back as a finished run would be (for a comparison)."""
+    from .diff import RunOutputs, _read_table
+    from .storage import open_location
+
+    loc = open_location(output.staging_url(), storage_options)
+    demand = _read_table(loc, "demand", None, output.url)
+    shortage = _read_table(loc, "shortage", None, output.url, required=False)
+    reservations = _read_table(loc, "reservations", None, output.url, required=False)
+    return RunOutputs(output.url, {**summary, "run_id": output.run_id}, demand,
+                      shortage if len(shortage.columns) else None,
+                      reservations if len(reservations.columns) else None, loc)
+
+
+def _render(summary: dict[str, Any], found: _Findings, shortage: pd.DataFrame | None,
+            timeline: pd.DataFrame | None, names: pd.DataFrame,
+            comparison: dict[str, Any] | None) -> tuple[str, bytes | None]:
+    """The report page and the CSV beside it."""
+    from . import report
+
+    if not hasattr(report, "ReportData"):  # pragma: no cover - the older renderer
+        return report.render_report(summary, found.demand, found.shortage), None
+    data = report.ReportData(summary=summary, demand=found.demand, snacks=names,
+                             shortage=shortage, reservations=found.reservations,
+                             timeline=timeline, comparison=comparison)
+    table = report.shortage_csv(data) if (shortage is not None
+                                          or found.reservations is not None) else None
+    return report.render_report(data), table
+
+
+def _named(frame: pd.DataFrame, names: pd.DataFrame) -> pd.DataFrame:
+    """The SPEC columns first, then ``name`` and ``genre``."""
+    named = frame.merge(names, on="snack_id", how="left")
+    return named[[c for c in frame.columns] + ["name", "genre"]]
 
 
 def _write_tables(output: RunOutput, demand: pd.DataFrame, shortage: pd.DataFrame | None,
                   reservations: pd.DataFrame | None, rejected: Mapping[str, list[pd.DataFrame]],
-                  catalog: SnackCatalog, stats: PartitionStats, prior: np.ndarray) -> None:
-    """Stage the small outputs: demand, shortage or reservations, rejected rows, the prior."""
+                  catalog: SnackCatalog, stats: PartitionStats, prior: np.ndarray,
+                  names: pd.DataFrame, cutoffs: Any = None) -> None:
+    """Stage the small outputs: demand, shortage or reservations, rejected rows, the prior.
+
+    ``demand/``, ``shortage/`` and ``reservations/`` carry each snack's name and genre beside
+    its id (extra columns after the SPEC §4 ones).
+    """
     demand_out = demand.assign(delivery_on=days_to_arrow_dates(demand["delivery_on"]).array)
-    output.write_frame("demand/part.0.parquet", demand_out, DEMAND_SCHEMA)
+    output.write_frame("demand/part.0.parquet", _named(demand_out, names), DEMAND_SCHEMA)
     if shortage is not None:
-        output.write_frame("shortage/part.0.parquet", shortage, SHORTAGE_SCHEMA)
+        output.write_frame("shortage/part.0.parquet", _named(shortage, names), SHORTAGE_SCHEMA)
     if reservations is not None:
         out = reservations.assign(cutoff_on=days_to_arrow_dates(
             reservations["cutoff_on"].to_numpy(dtype=np.float64, na_value=np.nan)).array)
-        output.write_frame("reservations/part.0.parquet", out, RESERVATION_SCHEMA)
+        output.write_frame("reservations/part.0.parquet", _named(out, names),
+                           RESERVATION_SCHEMA)
+    if cutoffs is not None:
+        limited = np.flatnonzero(cutoffs.limited)
+        no_box = cutoffs.no_box[limited]
+        output.write_frame("stock_cutoffs/part.0.parquet", pd.DataFrame({
+            "snack_id": catalog.snack_id[limited],
+            "no_box": no_box,
+            "cutoff_on": days_to_arrow_dates(np.where(no_box, np.nan,
+                                                      cutoffs.day[limited])).array,
+            "cutoff_jitter": np.where(no_box, np.nan, cutoffs.jitter[limited]),
+            "cutoff_user_id": pd.array(np.where(no_box, 0, cutoffs.user_id[limited]),
+                                       dtype="Int64"),
+        }), CUTOFF_SCHEMA)
+
     for name, frames in rejected.items():
         output.write_frame(f"rejected/{name}/part.0.parquet", pd.concat(frames, ignore_index=True))
     output.write_frame("snack_prior/part.0.parquet", pd.DataFrame({

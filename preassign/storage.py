@@ -267,7 +267,8 @@ class _Target:
     #: an object-store lock older than this is taken to be left by a dead process
     stale_lock_seconds = 6 * 3600
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None,
+                 run_id: str | None = None):
         self.url = url
         self.location = open_location(url, storage_options, flag=self.flag)
         self.storage_options = dict(self.location.storage_options)
@@ -275,8 +276,8 @@ class _Target:
         self.path = self.location.path
         self.protocol = self.location.scheme
         self.local = self.location.local
-        self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + \
-            uuid.uuid4().hex[:8]
+        self.run_id = run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + \
+            "-" + uuid.uuid4().hex[:8]
         self._lock_fd: int | None = None
 
     @property
@@ -405,8 +406,8 @@ class Publication(_Target):
     result = "run"
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, *,
-                 overwrite: bool = False):
-        super().__init__(url, storage_options)
+                 overwrite: bool = False, run_id: str | None = None):
+        super().__init__(url, storage_options, run_id)
         self.overwrite = overwrite
         self.staging = _join(self.location.parent,
                              f".{self.location.name}.staging-{self.run_id}")
@@ -549,7 +550,7 @@ class RunOutput(Publication):
     last = "summary.json"
     layout = frozenset({"assignments", "demand", "shortage", "reservations", "snack_prior",
                         "rejected", "report.html", "summary.json", "shortage.csv",
-                        "reservations.csv", "diff.json"})
+                        "reservations.csv", "diff.json", "stock_cutoffs"})
     what = "output"
     flag = "--out"
 

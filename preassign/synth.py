@@ -135,17 +135,32 @@ def generate_snacks(cfg: SynthConfig) -> pd.DataFrame:
     )
 
 
-def generate_stock(cfg: SynthConfig) -> pd.DataFrame:
-    """Units on hand, planned the way operations would.
+#: Share of snacks planned short (stock 70-95 % of the forecast); the rest get 115-145 %.
+SHORT_SHARE = 0.03
+#: Share of (not new) snacks without a stock row: a stock feed that missed them.
+NO_ROW_SHARE = 0.01
 
-    A demand forecast from the rules run on a sample of users, scaled to the whole base,
-    give or take 40% - so some snacks run short and most do not. A few snacks have no stock
-    row at all.
+
+def generate_stock(cfg: SynthConfig) -> pd.DataFrame:
+    """Units on hand, planned the way operations would: a realistic week.
+
+    A demand forecast (the rules run on a sample of up to 5,000 users, scaled to the whole
+    base) sets each snack's stock: most snacks get 115-145 % of their forecast and are
+    covered; about :data:`SHORT_SHARE` of them get 70-95 % and run short by realistic
+    amounts; about :data:`NO_ROW_SHARE` have no stock row at all (the feed missed them).
+    Snacks new in the two weeks from ``as_of`` always arrive with stock.
     """
     rng = _rng(cfg, 10**9 + 2)
     forecast = _forecast_demand(cfg)
-    quantity = rng.poisson(np.maximum(forecast * rng.uniform(0.85, 1.5, cfg.snacks), 1.0))
-    keep = rng.random(cfg.snacks) > 0.03
+    short = rng.random(cfg.snacks) < SHORT_SHARE
+    factor = np.where(short, rng.uniform(0.70, 0.95, cfg.snacks),
+                      rng.uniform(1.15, 1.45, cfg.snacks))
+    quantity = np.where(forecast > 0, np.floor(forecast * factor),
+                        rng.poisson(5.0, cfg.snacks)).astype(np.int64)
+    launched = _snack_arrays(cfg)["launched"]
+    new = launched > cfg.day0 - 28
+    keep = new | (rng.random(cfg.snacks) >= NO_ROW_SHARE)
+    quantity = np.where(new, np.maximum(quantity, np.ceil(forecast * 1.2) + 1), quantity)
     return pd.DataFrame(
         {"snack_id": np.arange(1, cfg.snacks + 1, dtype=np.int32)[keep],
          "quantity": quantity[keep].astype(np.int32)}
@@ -153,27 +168,31 @@ def generate_stock(cfg: SynthConfig) -> pd.DataFrame:
 
 
 def _forecast_demand(cfg: SynthConfig) -> np.ndarray:
-    """Expected units per snack over the two weeks from ``as_of``, from <= 5,000 users."""
+    """Expected units per snack over the two weeks from ``as_of``.
+
+    The rules run on the lake's first partition (up to ``users_per_partition`` users; the
+    same rows the lake holds), scaled to the whole base.
+    """
     from .core.catalog import build_catalog
     from .core.contract import normalize_table
-    from .core.dense import assign_snacks, build_user_state, rating_totals
+    from .core.engine import get_engine
     from .core.params import Params
     from .core.partition import prepare_partition
     from .core.rules import snack_prior
 
-    sample = dataclasses.replace(cfg, users=min(cfg.users, 5_000), users_per_partition=5_000)
-    if sample.users == 0:
+    if cfg.users == 0:
         return np.zeros(cfg.snacks)
     catalog = build_catalog(normalize_table("snacks", generate_snacks(cfg))[0])
-    tables, _, _, _ = prepare_partition(generate_partition(sample, 0), catalog)
+    tables, _, _, _ = prepare_partition(generate_partition(cfg, 0), catalog)
+    sampled = len(tables["users"])
     until = cfg.as_of + dt.timedelta(days=13)
-    sums, counts = rating_totals(tables, catalog)
-    params = Params()
-    state = build_user_state(tables, catalog, cfg.as_of, until, params)
-    boxes = assign_snacks(state, catalog, snack_prior(sums, counts, params), params)
+    engine, params = get_engine("numba"), Params()
+    prior = snack_prior(*engine.rating_totals(tables, catalog), params)
+    boxes = engine.assign(engine.build_state(tables, catalog, cfg.as_of, until, params), catalog,
+                          prior, params)
     units = np.bincount(np.searchsorted(catalog.snack_id, boxes["snack_id"].to_numpy()),
                         minlength=catalog.size)
-    return units * (cfg.users / sample.users)
+    return units * (cfg.users / sampled)
 
 
 def _distinct_sample(rng: np.random.Generator, weights: np.ndarray, counts: np.ndarray
@@ -342,7 +361,7 @@ def write_lake(
         write_small_table(staging, "stock", generate_stock(cfg), storage_options)
         tasks = [dask.delayed(_write_one, pure=False)(cfg, staging, i, storage_options)
                  for i in range(cfg.partitions)]
-        counts = compute(client, tasks, progress)
+        counts = compute(client, tasks, progress, label="synth")
         write_manifest(staging, cfg.bounds, storage_options,
                        source={"synth": {"users": cfg.users, "snacks": cfg.snacks,
                                          "seed": cfg.seed, "as_of": cfg.as_of.isoformat()}})

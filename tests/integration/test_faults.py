@@ -67,13 +67,17 @@ def test_workers_lost_beyond_retries_exit_3_and_publish_nothing(lake, tmp_path):
         stop = threading.Event()
 
         def keep_killing():
+            # kill a worker only while it runs a task: a worker killed while it starts holds
+            # no task, so the scheduler would wait for the next one forever
             while not stop.is_set():
                 try:
-                    for pid in _worker_pids(client):
-                        os.kill(pid, signal.SIGKILL)
+                    busy = [w for w, keys in client.processing().items() if keys]
+                    if busy:
+                        for pid in client.run(os.getpid, workers=busy).values():
+                            os.kill(pid, signal.SIGKILL)
                 except Exception:  # noqa: BLE001 - the worker may be restarting
                     pass
-                time.sleep(0.3)
+                time.sleep(0.1)
 
         killer = threading.Thread(target=keep_killing, daemon=True)
         killer.start()

@@ -18,6 +18,7 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "preassign.ipynb"
 PARAMETERS = {
     "lake", "date_from", "date_to", "out", "overwrite", "storage_options", "cluster", "workers",
     "threads_per_worker", "memory_limit", "rule_overrides", "keep_cluster", "user_id", "top",
+    "stock_scale",
 }
 
 
@@ -66,6 +67,8 @@ def test_notebook_cells_only_call_the_package():
                 assert node.module.split(".")[0] in ("preassign",), node.module
             if isinstance(node, ast.Import):
                 assert [a.name for a in node.names] == ["datetime"], ast.dump(node)
+            if isinstance(node, ast.BoolOp):  # `keep_cluster or close_client(client)` only
+                assert "close_client" in ast.unparse(node), ast.unparse(node)
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,12 +111,13 @@ def test_notebook_runs_on_a_small_lake(tmp_path):
                    str(lake))
     executed = tmp_path / "executed.ipynb"
     started = time.perf_counter()
+    # run from notebooks/, as JupyterLab does
     papermill.execute_notebook(
-        str(NOTEBOOK), str(executed), cwd=str(tmp_path), kernel_name="python3",
+        str(NOTEBOOK), str(executed), cwd=str(NOTEBOOK.parent), kernel_name="python3",
         progress_bar=False, execution_timeout=300,
         parameters={"lake": str(lake), "out": str(out), "date_from": "2026-12-01",
                     "date_to": "2026-12-14", "cluster": "local", "workers": 1,
-                    "threads_per_worker": 1, "top": 15},
+                    "threads_per_worker": 1, "top": 15, "stock_scale": 0.5},
     )
     seconds = time.perf_counter() - started
     assert seconds < 300, f"the notebook took {seconds:.0f} s"
@@ -122,10 +126,14 @@ def test_notebook_runs_on_a_small_lake(tmp_path):
         assert cell.execution_count is not None, cell.source
         assert not [o for o in cell.outputs if o.output_type == "error"], cell.outputs
 
+    link = _output(_cell(nb, "Link(client.dashboard_link"), "text/html")
+    assert re.search(r'<a href="https?://[\w.\-]+:\d+/status"', link), link
     run = _stream(_cell(nb, "run_preassignment("))
-    assert re.search(r"Dashboard: https?://[\w.\-]+:\d+/status", run), run
     assert "100% Completed" in run, "no progress bar"
+    assert "scan:" in run and "assign:" in run and "stage assign" in run, run
     assert (out / "summary.json").is_file()
+    page = _output(_cell(nb, "Page(out_path"), "text/html")
+    assert page.startswith("<iframe srcdoc=") and "&lt;html" in page.lower()
 
     demand = pd.read_parquet(out / "demand").groupby("snack_id")["units"].sum()
     busiest = demand.sort_values(ascending=False, kind="stable")
@@ -154,3 +162,18 @@ def test_notebook_runs_on_a_small_lake(tmp_path):
     assert [(int(r[2]), int(r[3]), r[6]) for r in rows] == list(
         zip(box["slot"], box["snack_id"], box["stage"].astype(str), strict=False))
     assert all(r[-1] for r in rows), "every snack has a reason"
+
+    whatif = _cell(nb, "session.run(rule_overrides, stock_aware=True, stock=stock_scale)")
+    assert "'rounds'" in _output(whatif, "text/plain")
+    table = _output(_cell(nb, "what_if(base, scaled)"), "text/html")
+    assert "units_before" in table and "units_after" in table
+
+
+def test_project_path_resolves_from_the_repository_root(tmp_path):
+    from preassign.notebook import project_path
+
+    repo = NOTEBOOK.parents[1]
+    assert project_path("data/lake", cwd=repo / "notebooks") == str(repo / "data" / "lake")
+    assert project_path("preassign.ipynb", cwd=repo / "notebooks") == str(NOTEBOOK)
+    assert project_path(str(tmp_path)) == str(tmp_path)
+    assert project_path("s3://b/lake") == "s3://b/lake"

@@ -195,16 +195,22 @@ def test_a_manifest_that_lies_is_an_error_not_a_wrong_answer(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_each_partition_is_assigned_once(worked_lake, tmp_path, monkeypatch):
-    from preassign import pipeline
+def test_each_partition_is_read_once(worked_lake, tmp_path, monkeypatch):
+    from preassign import lake, session
 
-    calls = []
-    real = pipeline.assign_partition
+    reads, builds = [], []
+    real_load, real_build = session.load_partition, session.build_task
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def counting_load(part):
+        reads.append(1)
+        return real_load(part)
 
-    monkeypatch.setattr(pipeline, "assign_partition", counting)
+    def counting_build(*args, **kwargs):
+        builds.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(session, "load_partition", counting_load)
+    monkeypatch.setattr(session, "build_task", counting_build)
+    monkeypatch.setattr(lake, "load_partition", counting_load)
     _run(worked_lake, str(tmp_path / "out"), users_per_partition=1)  # 3 users -> 3 partitions
-    assert len(calls) == 3
+    assert len(reads) == 3 and len(builds) == 3

@@ -43,7 +43,9 @@ def _worked_lake(root) -> str:
 
 
 def _read(out):
+    """The SPEC columns of reservations (sorted), the boxes and the summary."""
     res = pd.read_parquet(os.path.join(out, "reservations")).sort_values("snack_id")
+    res = res.drop(columns=["name", "genre"])
     boxes = pd.read_parquet(os.path.join(out, "assignments")).sort_values(["user_id", "slot"])
     summary = json.load(open(os.path.join(out, "summary.json")))
     return res.reset_index(drop=True), boxes.reset_index(drop=True), summary
@@ -61,6 +63,9 @@ def test_the_command_answers_spec_6_worked_example(tmp_path):
     res, boxes, summary = _read(out)
     assert list(zip(boxes.user_id, boxes.snack_id, boxes.stage, strict=True)) == [
         (10, 3, "request"), (20, 1, "preference")]
+    named = pd.read_parquet(os.path.join(out, "reservations")).sort_values("snack_id")
+    assert list(named.columns[-2:]) == ["name", "genre"]  # for people, after the SPEC columns
+    assert (named["name"].iloc[0], named["genre"].iloc[0]) == ("choco milk", "choco")
     assert res.to_dict("records") == [
         {"snack_id": 1, "stock": 1, "units_unconstrained": 2, "units": 1, "units_left": 0,
          "boxes_lost": 1, "boxes_gained": 0, "limited": True, "cutoff_on": D},
@@ -253,3 +258,22 @@ def test_session_without_a_cluster_and_its_errors(tmp_path):
             Session(write_tables(tables, str(tmp_path / "nostock")), None, D).run(stock=0.5)
         boxes = result.boxes()
         assert boxes["snack_id"].tolist() == [3, 1]
+
+
+def test_explain_box_says_why_a_snack_is_missing_from_a_stock_aware_box(tmp_path):
+    from preassign.explain import explain_box
+
+    lake = _worked_lake(tmp_path)
+    out = str(tmp_path / "out")
+    with dask.config.set(scheduler="sync"):
+        run_preassignment(RunConfig(lake=lake, date_from=D, date_to=D, out=out,
+                                    stock_aware=True))
+    box = explain_box(lake, 10, D, D, out_dir=out)
+    assert box["snack_id"].tolist() == [3]
+    missing = box.attrs["missing"].set_index("snack_id")
+    assert sorted(missing.index) == [1, 4]
+    # user 20's box comes first on 2026-12-01 (smaller jitter) and took the one unit of #1
+    assert "stock of #1 choco milk went to boxes up to 2026-12-01" in missing.loc[1, "reason"]
+    assert "0.591" in missing.loc[1, "reason"] and "0.093" in missing.loc[1, "reason"]
+    assert "no stock for any box" in missing.loc[4, "reason"]
+    assert explain_box(lake, 20, D, D, out_dir=out).attrs["missing"]["snack_id"].tolist() == [2]
