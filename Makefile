@@ -7,7 +7,7 @@ DATE   ?= 2026-12-01
 UNTIL  ?= 2026-12-14
 USERS  ?= 100000
 
-.PHONY: help install demo test test-all lint bench clean
+.PHONY: help install demo test test-all lint bench readme lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,9 +25,10 @@ demo: $(STAMP)  ## synthetic lake of 100k users under data/, then a two-week pre
 	@test -f data/lake/_lake.json || $(BIN)/preassign synth --out data/lake --users $(USERS) --date $(DATE) --loglevel WARNING
 	$(BIN)/preassign run --lake data/lake --date $(DATE) --until $(UNTIL) --out data/run --overwrite --loglevel WARNING
 
-lint: $(STAMP)  ## ruff, mypy on preassign/, checkov on cluster/ (own venv: its pins clash with dask's)
+lint: $(STAMP)  ## ruff, mypy on preassign/, the README's generated parts, checkov on cluster/
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/cog --check README.md
 	@test -x $(VENV)/checkov/bin/checkov -a $(VENV)/checkov/.lock -nt cluster/checkov.lock || { \
 	  $(BIN)/python -m venv $(VENV)/checkov && \
 	  $(VENV)/checkov/bin/python -m pip install --quiet --no-deps --require-hashes -r cluster/checkov.lock && \
@@ -35,7 +36,7 @@ lint: $(STAMP)  ## ruff, mypy on preassign/, checkov on cluster/ (own venv: its 
 	$(VENV)/checkov/bin/checkov --directory cluster --framework cloudformation dockerfile \
 	  --skip-download --quiet --compact
 
-test: $(STAMP)  ## the default test suite (about 6 minutes on 2 cores)
+test: $(STAMP)  ## the default test suite (about 7 minutes on 2 cores)
 	$(BIN)/python -m pytest
 
 test-all: $(STAMP)  ## everything, including tests marked slow
@@ -43,6 +44,9 @@ test-all: $(STAMP)  ## everything, including tests marked slow
 
 bench: $(STAMP)  ## benchmarks (see benchmarks/README.md)
 	$(BIN)/python -m benchmarks.run
+
+readme: $(STAMP)  ## regenerate the README's generated parts (command reference, example)
+	$(BIN)/cog -r README.md
 
 lock:  ## re-resolve the locks from pyproject.toml (needs uv)
 	uv pip compile pyproject.toml --python-version 3.11 -o requirements.lock

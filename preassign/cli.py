@@ -555,7 +555,7 @@ def diff(run_a: str, run_b: str, out: str | None, no_boxes: bool, top: int,
     if len(result.snacks):
         shown = min(top, len(result.snacks))
         click.echo(f"\nSnacks that changed ({len(result.snacks)}; top {shown} by change):")
-        click.echo(result.snacks.head(top).to_string(index=False))
+        click.echo(_table(result.snacks.head(top)))
     if out:
         write_diff(result, out, opts)
         click.echo(f"\nWritten to {out}/ (diff.json, snacks.csv, by_date.csv)")
@@ -639,6 +639,25 @@ def _units_short(result: Any) -> int:
     return 0
 
 
+def _table(frame: Any) -> str:
+    """A frame as the summary prints it: numbers with thousands separators, no index."""
+    import pandas as pd
+
+    def number(v: Any) -> str:
+        return "-" if pd.isna(v) else f"{int(v):,}"
+
+    formatters = {c: number for c in frame.columns
+                  if c != "snack_id" and pd.api.types.is_integer_dtype(frame[c])}
+    return str(frame.to_string(index=False, formatters=formatters))
+
+
+def _with_names(frame: Any, names: Any) -> Any:
+    """``frame`` with ``name`` and ``genre`` after ``snack_id`` (when the run knows them)."""
+    from .insights import with_names
+
+    return frame if names is None else with_names(frame, names)
+
+
 def _print_result(result: Any, top: int = 10) -> None:
     import pandas as pd
 
@@ -651,16 +670,27 @@ def _print_result(result: Any, top: int = 10) -> None:
         f"{s['boxes_short']:,} short, {s['units_total']:,} units "
         f"({s['date_from']} .. {s['date_to']}, {s['stage_seconds']['total']:.1f} s)"
     )
+    for c in s.get("callouts", []):
+        click.echo(f"  {c['severity']}: {c['code']}: {c['message']}")
     if len(result.demand):
         busiest = rank_busiest_snacks(result.demand, top=top)[["snack_id", "units"]]
         click.echo(f"\nBusiest snacks (units over the run, top {len(busiest)}):")
-        click.echo(busiest.to_string(index=False))
+        click.echo(_table(_with_names(busiest, result.names)))
     if result.shortage is not None:
         short = list_shortages(result.shortage)
-        click.echo(f"\nShortage: {len(short)} snacks short"
+        click.echo(f"\nShortage: {len(short)} snacks short, "
+                   f"{int(short['shortage'].sum()):,} units"
                    + (f" (top {min(top, len(short))})" if len(short) else ""))
         if len(short):
-            click.echo(short.head(top).to_string(index=False))
+            shown = _with_names(short.head(top), result.names)
+            details = result.shortage_details
+            if details is not None:
+                more = details.set_index("snack_id")
+                shown = shown.assign(
+                    runs_out_on=[("no stock row" if not more.at[i, "has_stock_row"] else
+                                  str(more.at[i, "runs_out_on"] or "-"))
+                                 for i in shown["snack_id"]])
+            click.echo(_table(shown))
     if result.reservations is not None:
         res = result.reservations
         lost = res[res["boxes_lost"] > 0].sort_values(["boxes_lost", "snack_id"],
@@ -675,11 +705,16 @@ def _print_result(result: Any, top: int = 10) -> None:
             shown["cutoff_on"] = [("-" if pd.isna(d) else from_days(int(d)).isoformat())
                                   for d in shown["cutoff_on"]]
             click.echo(f"Boxes that lose a snack (top {min(top, len(lost))}):")
-            click.echo(shown.to_string(index=False))
-    kind = "shortage/, " if result.shortage is not None else \
-        "reservations/, " if result.reservations is not None else ""
-    parts = f"assignments/, demand/, {kind}snack_prior/, report.html, summary.json"
-    click.echo(f"\nOutputs: {result.out}/ ({parts})")
+            click.echo(_table(_with_names(shown, result.names)))
+    parts = ["assignments/", "demand/"]
+    if result.shortage is not None:
+        parts += ["shortage/", "shortage.csv"]
+    if result.reservations is not None:
+        parts += ["reservations/", "reservations.csv", "stock_cutoffs/"]
+    if any(s.get("invalid_rows", {}).values()):
+        parts.append("rejected/")
+    parts += ["snack_prior/", "report.html", "summary.json"]
+    click.echo(f"\nOutputs: {result.out}/ ({', '.join(parts)})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -182,6 +182,15 @@ def _changes(before: pd.Series, after: pd.Series, name: str) -> pd.DataFrame:
     return frame
 
 
+def _names(*demands: pd.DataFrame) -> pd.DataFrame | None:
+    """``snack_id``, ``name``, ``genre`` from the runs' ``demand/`` (runs that wrote them)."""
+    frames = [d[["snack_id", "name", "genre"]] for d in demands
+              if {"name", "genre"} <= set(d.columns)]
+    if not frames:
+        return None
+    return pd.concat(frames, ignore_index=True).drop_duplicates("snack_id")
+
+
 def compare_frames(a: RunOutputs, b: RunOutputs, boxes: bool = True) -> RunDiff:
     """Compare two runs' outputs (see the module docstring)."""
     units = _changes(_units(a.demand, ["snack_id"]), _units(b.demand, ["snack_id"]), "units")
@@ -192,6 +201,11 @@ def compare_frames(a: RunOutputs, b: RunOutputs, boxes: bool = True) -> RunDiff:
     snacks = snacks.loc[moved].reset_index().rename(columns={"index": "snack_id"})
     snacks = snacks.sort_values(["change", "snack_id"], key=lambda c: -c.abs()
                                 if c.name == "change" else c, ignore_index=True)
+    names = _names(b.demand, a.demand)
+    if names is not None:
+        from .insights import with_names
+
+        snacks = with_names(snacks, names)
     by_date = _changes(_units(a.demand, ["delivery_on", "snack_id"]),
                        _units(b.demand, ["delivery_on", "snack_id"]), "units")
     by_date = by_date.loc[by_date["change"] != 0].reset_index()

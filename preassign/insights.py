@@ -44,6 +44,8 @@ ONE_STAGE_SHARE = 0.8
 ONE_STAGE_MIN_UNITS = 10
 #: At most this many snacks are listed by id in one call-out.
 LISTED = 20
+#: Snacks a call-out's message names (the rest are counted: "and 12 more").
+NAMED = 5
 
 
 def snack_names(catalog: SnackCatalog) -> pd.DataFrame:
@@ -53,7 +55,7 @@ def snack_names(catalog: SnackCatalog) -> pd.DataFrame:
 
 
 def with_names(frame: pd.DataFrame, names: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with ``name`` and ``genre`` inserted right after ``snack_id``.
+    """``frame`` with ``name`` and ``genre`` inserted right after ``snack_id`` (replaced if there).
 
     Examples:
         >>> names = pd.DataFrame({"snack_id": [1], "name": ["choco milk"], "genre": ["choco"]})
@@ -62,7 +64,7 @@ def with_names(frame: pd.DataFrame, names: pd.DataFrame) -> pd.DataFrame:
     """
     lookup = names.set_index("snack_id")
     ids = frame["snack_id"].to_numpy(np.int64)
-    out = frame.copy()
+    out = frame.drop(columns=[c for c in ("name", "genre") if c in frame.columns])
     at = list(out.columns).index("snack_id") + 1
     out.insert(at, "name", lookup["name"].reindex(ids).to_numpy(object))
     out.insert(at + 1, "genre", lookup["genre"].reindex(ids).to_numpy(object))
@@ -148,8 +150,8 @@ def shortage_details(shortage: pd.DataFrame, demand: pd.DataFrame,
 
 def _listed(ids: Sequence[int], names: pd.DataFrame) -> str:
     lookup = names.set_index("snack_id")["name"]
-    shown = [f"#{i} {lookup.get(i, '?')}" for i in list(ids)[:LISTED]]
-    more = f" and {len(ids) - LISTED} more" if len(ids) > LISTED else ""
+    shown = [f"{lookup.get(i) or '?'} (#{i})" for i in list(ids)[:NAMED]]
+    more = f" and {len(ids) - NAMED} more" if len(ids) > NAMED else ""
     return ", ".join(shown) + more
 
 
@@ -212,14 +214,16 @@ def callouts(summary: Mapping[str, Any], demand: pd.DataFrame, names: pd.DataFra
                 f"{len(ids)} snack(s) short against stock, {int(short['shortage'].sum()):,} "
                 f"units in all: {_listed(ids, names)}", len(ids), ids))
     if reservations is not None:
-        lost = reservations.loc[reservations["boxes_lost"] > 0].sort_values(
+        lost = reservations.loc[reservations["limited"].astype(bool)
+                                & (reservations["boxes_lost"] > 0)].sort_values(
             ["boxes_lost", "snack_id"], ascending=[False, True])
         if len(lost):
             ids = lost["snack_id"].astype(int).tolist()
             out.append(_callout(
                 "SNACKS_LIMITED", "warning",
-                f"{len(ids)} snack(s) ran out: {int(lost['boxes_lost'].sum()):,} boxes lose one "
-                f"and get another or stay short: {_listed(ids, names)}", len(ids), ids))
+                f"{len(ids)} snack(s) run out before their last box: "
+                f"{int(lost['boxes_lost'].sum()):,} boxes lose one and get another snack or "
+                f"stay short: {_listed(ids, names)}", len(ids), ids))
     if summary.get("boxes_short"):
         n = int(summary["boxes_short"])
         out.append(_callout("BOXES_SHORT", "warning",
@@ -232,8 +236,12 @@ def callouts(summary: Mapping[str, Any], demand: pd.DataFrame, names: pd.DataFra
         if len(mostly):
             ids = [int(s) for s in mostly]
             top = share.idxmax(axis=1)
-            detail = ", ".join(f"#{s} {str(top.loc[s]).removeprefix('units_')}"
-                               for s in ids[:LISTED])
+            lookup = names.set_index("snack_id")["name"]
+            detail = ", ".join(
+                f"{lookup.get(s) or '?'} (#{s}, {share.loc[s].max():.0%} "
+                f"{str(top.loc[s]).removeprefix('units_')})" for s in ids[:NAMED])
+            if len(ids) > NAMED:
+                detail += f" and {len(ids) - NAMED} more"
             out.append(_callout(
                 "DEMAND_ONE_STAGE", "info",
                 f"{len(ids)} snack(s) get at least {ONE_STAGE_SHARE:.0%} of their units from one "

@@ -95,13 +95,27 @@ class RunConfig:
 
 @dataclasses.dataclass
 class RunResult:
-    """What a finished run produced."""
+    """What a finished run produced.
+
+    Attributes:
+        out: where the outputs were published.
+        summary: ``summary.json``.
+        demand: units per (delivery day, snack) and stage (SPEC §4).
+        shortage: per snack with demand: ``units``, ``stock``, ``shortage`` (SPEC §4; None
+            without a stock table or in a stock-aware run).
+        reservations: SPEC §6 (a stock-aware run), else None.
+        names: ``snack_id``, ``name``, ``genre`` of the lineup.
+        shortage_details: ``shortage/`` as published: the shortage with names, whether
+            the snack has a stock row, ``runs_out_on`` and ``boxes_affected``.
+    """
 
     out: str
     summary: dict[str, Any]
     demand: pd.DataFrame
     shortage: pd.DataFrame | None
     reservations: pd.DataFrame | None = None
+    names: pd.DataFrame | None = None
+    shortage_details: pd.DataFrame | None = None
 
 
 def check_output(out: str, lake: str, storage_options: Mapping[str, Any] | None = None, *,
@@ -319,7 +333,11 @@ def _run(config: RunConfig, client: Any, output: RunOutput, progress: bool,
                 {"url": session.lake.url, "layout": session.layout,
                  "partitions": session.partitions}, session.fingerprint)
             if config.stock_aware:
+                res = result.reservations
+                assert res is not None
                 summary.update(snacks_short=None, stock_aware=True,
+                               units_short=int((res["units_unconstrained"] - res["units"])
+                                               .clip(lower=0).sum()),
                                **{k: result.summary[k] for k in (
                                    "rounds", "boxes_changed", "boxes_short_unconstrained",
                                    "units_unconstrained", "snacks_limited")})
@@ -328,16 +346,18 @@ def _run(config: RunConfig, client: Any, output: RunOutput, progress: bool,
                 reservations=result.reservations,
                 demand_first=result.summary["demand_first"] if config.stock_aware else None,
                 stock=session.stock, cutoffs=result.cutoffs)
-            _publish(config, output, client, summary, found,
-                     {**session.rejected_small, **result.stats.rejected}, session.catalog,
-                     result.stats, result.prior, seconds, started, done, t, written)
+            names, details = _publish(
+                config, output, client, summary, found,
+                {**session.rejected_small, **result.stats.rejected}, session.catalog,
+                result.stats, result.prior, seconds, started, done, t, written)
         except BaseException:
             output.discard()
             raise
     finally:
         session.close()
     return RunResult(out=config.out, summary=summary, demand=result.demand,
-                     shortage=result.shortage, reservations=result.reservations)
+                     shortage=result.shortage, reservations=result.reservations, names=names,
+                     shortage_details=details)
 
 
 @dataclasses.dataclass
@@ -382,8 +402,12 @@ def _publish(config: RunConfig, output: RunOutput, client: Any, summary: dict[st
              found: _Findings, rejected: Mapping[str, list[pd.DataFrame]],
              catalog: SnackCatalog, stats: PartitionStats, prior: np.ndarray,
              seconds: dict[str, float], started: float, done: Callable[[str, float], float],
-             t_pub: float, written: Callable[[], int]) -> None:
+             t_pub: float, written: Callable[[], int]
+             ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Stage the small outputs, the summary and the report; publish everything at once.
+
+    Returns:
+        The lineup's names and the shortage as published (with names and timelines).
 
     The workers write ``assignments/`` meanwhile (``written`` waits for them): the report
     is rendered off the critical path, and shows the stages finished by then.
@@ -429,6 +453,7 @@ def _publish(config: RunConfig, output: RunOutput, client: Any, summary: dict[st
     output.write_json("summary.json", summary)
     output.publish()
     done("publish", t_pub)
+    return names, (_named(shortage, names) if shortage is not None else None)
 
 
 def _now() -> str:

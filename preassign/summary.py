@@ -115,6 +115,7 @@ def build_summary(
         "units_total": int(demand["units"].sum()),
         "snacks_in_demand": int(demand["snack_id"].nunique()),
         "snacks_short": int((shortage["shortage"] > 0).sum()) if shortage is not None else None,
+        "units_short": int(shortage["shortage"].sum()) if shortage is not None else None,
         "input_rows": {name: int(merged_rows.get(name, 0)) for name in TABLES
                        if name in merged_rows},
         "orphan_rows": {name: int(stats.orphan_rows.get(name, 0)) for name in USER_KEYED[1:]},

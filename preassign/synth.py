@@ -38,6 +38,13 @@ GENRES = (
     "chips", "choco", "cookie", "cracker", "candy",
     "gummy", "nuts", "rice_cracker", "dried_fruit", "jerky",
 )
+#: Flavours that make the synthetic snacks' names ("Sea Salt Chips", "Matcha Cookie").
+FLAVORS = (
+    "Sea Salt", "Smoky BBQ", "Matcha", "Honey Butter", "Wasabi", "Yuzu", "Sweet Chili",
+    "Cheddar", "Dark Cocoa", "Strawberry", "Salted Caramel", "Seaweed", "Black Pepper", "Miso",
+    "Mango", "White Peach", "Lemon", "Cinnamon", "Maple", "Garlic", "Sour Cream", "Coconut",
+    "Sesame", "Soy Glaze", "Ghost Pepper", "Cherry", "Vanilla", "Almond", "Hazelnut", "Ginger",
+)
 INGREDIENTS = (
     "milk", "wheat", "egg", "peanut", "soy", "gelatin", "almond", "sesame", "shrimp",
     "pork", "beef", "walnut", "cashew", "coconut", "corn", "gluten", "chili", "caffeine",
@@ -109,6 +116,24 @@ def _snack_arrays(cfg: SynthConfig) -> dict[str, np.ndarray]:
             "launched": launched, "retired": retired}
 
 
+def snack_names(genre: np.ndarray) -> list[str]:
+    """Product-like names, unique: a flavour and the genre (a number once flavours run out).
+
+    Examples:
+        >>> snack_names(np.array(["chips", "rice_cracker", "chips"], dtype=object))
+        ['Sea Salt Chips', 'Sea Salt Rice Cracker', 'Smoky BBQ Chips']
+    """
+    seen: dict[str, int] = {}
+    names = []
+    for g in genre:
+        k = seen.get(g, 0)
+        seen[g] = k + 1
+        flavor = FLAVORS[k % len(FLAVORS)]
+        batch = f" {k // len(FLAVORS) + 1}" if k >= len(FLAVORS) else ""
+        names.append(f"{flavor} {str(g).replace('_', ' ').title()}{batch}")
+    return names
+
+
 def generate_snacks(cfg: SynthConfig) -> pd.DataFrame:
     """The lineup (``snacks`` table)."""
     a = _snack_arrays(cfg)
@@ -125,7 +150,7 @@ def generate_snacks(cfg: SynthConfig) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "snack_id": np.arange(1, n + 1, dtype=np.int32),
-            "name": [f"{g.replace('_', ' ')} #{i}" for i, g in enumerate(genre, start=1)],
+            "name": snack_names(genre),
             "genre": genre,
             "ingredients": ingredients,
             "launched_on": _days(a["launched"]),

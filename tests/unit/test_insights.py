@@ -82,7 +82,7 @@ def test_callouts_have_stable_codes_and_name_the_snacks():
     one_stage = callouts(summary | {"boxes_short": 0, "orphan_rows": {}}, many, names, catalog,
                          None, 28)
     assert [c["code"] for c in one_stage] == ["DEMAND_ONE_STAGE"]
-    assert "#9 explore" in one_stage[0]["message"]
+    assert "(#9, 100% explore)" in one_stage[0]["message"]
 
 
 def test_with_names_puts_name_and_genre_after_the_id():
@@ -91,3 +91,13 @@ def test_with_names_puts_name_and_genre_after_the_id():
     got = with_names(frame, names)
     assert got.columns.tolist() == ["snack_id", "name", "genre", "units"]
     assert got["name"].tolist()[:2] == ["b", "<b>a</b>"] and pd.isna(got["name"].iloc[2])
+
+
+def test_a_long_call_out_names_five_snacks_and_counts_the_rest():
+    from preassign.insights import _listed
+
+    names = pd.DataFrame({"snack_id": list(range(1, 9)), "name": [f"snack {i}" for i in range(8)],
+                          "genre": ["g"] * 8})
+    text = _listed(list(range(1, 9)), names)
+    assert text.startswith("snack 0 (#1), snack 1 (#2)") and text.endswith("and 3 more")
+    assert "(#6)" not in text

@@ -45,6 +45,7 @@ def test_build_summary_counts_boxes_units_rows_and_keys():
     assert summary["orphan_rows"]["ratings"] == 1 and summary["orphan_rows"]["requests"] == 0
     assert summary["invalid_rows"] == {"ratings": 2} == count_invalid(problems)
     assert summary["snacks_short"] == 1 and summary["snacks_in_demand"] == 2
+    assert summary["units_short"] == int(shortage["shortage"].sum())
     assert summary["run_key"] == run_key({"users": "abc"}, config)
 
 
