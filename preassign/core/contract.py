@@ -563,7 +563,7 @@ def normalize_table(
             for code, status in enumerate(STATUSES):
                 codes[values == status] = code
             out[col] = codes
-    frame = pd.DataFrame(out, index=pd.RangeIndex(n))
+    frame = pd.DataFrame(out, index=pd.RangeIndex(n), copy=False)
     if bad.any():
         frame = frame.loc[~bad].reset_index(drop=True)
         if rejected is not None:
