@@ -35,7 +35,7 @@ import logging
 import math
 import os
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask.dataframe as dd
@@ -77,7 +77,6 @@ __all__ = [
     "open_lake",
     "load_catalog",
     "read_small_table",
-    "read_user_tables",
     "read_file",
     "read_raw_tables",
     "read_table_files",
@@ -286,7 +285,8 @@ def protected_locations(url: str, storage_options: Mapping[str, Any] | None = No
 
 
 def read_file(fs: Any, path: str, name: str, where: str,
-              reference: pa.Schema | None = None) -> pa.Table:
+              reference: pa.Schema | None = None,
+              row_groups: Sequence[int] | None = None) -> pa.Table:
     """One Parquet file of table ``name``: its required columns, cast to the canonical types.
 
     Args:
@@ -295,6 +295,7 @@ def read_file(fs: Any, path: str, name: str, where: str,
         name: the table of SPEC §2.
         where: the file as the user knows it (a URL), for messages.
         reference: another file's schema of the table, named in a type error.
+        row_groups: read only these row groups (None: the whole file).
 
     Raises:
         LakeError: the file is not readable Parquet (empty, truncated, garbage), lacks a
@@ -305,7 +306,9 @@ def read_file(fs: Any, path: str, name: str, where: str,
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             have = set(pf.schema_arrow.names)
-            table = pf.read(columns=[c for c in wanted if c in have])
+            columns = [c for c in wanted if c in have]
+            table = pf.read(columns=columns) if row_groups is None else \
+                pf.read_row_groups(list(row_groups), columns=columns)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise LakeError(f"cannot read Parquet file {where!r} of table {name!r}: {exc}") from exc
     return canonical_table(name, table, where, reference)
@@ -380,25 +383,54 @@ def load_catalog(
     return catalog, stock, rows, problems
 
 
-def _read_partition(path: str, where: str, *, fs: Any, name: str,
-                    reference: pa.Schema | None) -> pd.DataFrame:
-    return read_file(fs, path, name, where, reference).to_pandas(types_mapper=pd.ArrowDtype)
+#: A file larger than this is read as several pieces of whole row groups (a lake written by
+#: another engine may hold a table in one file: its pieces bound a task's memory).
+PIECE_ROWS = 2_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Piece:
+    """Some row groups of one file (all of them: ``row_groups`` None)."""
+
+    path: str
+    where: str
+    row_groups: tuple[int, ...] | None
+
+
+def _read_piece(piece: _Piece, *, fs: Any, name: str,
+                reference: pa.Schema | None) -> pd.DataFrame:
+    return read_file(fs, piece.path, name, piece.where, reference,
+                     piece.row_groups).to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def _raw_meta(name: str) -> pd.DataFrame:
     return canonical_schema(name).empty_table().to_pandas(types_mapper=pd.ArrowDtype)
 
 
-def _read_table(lake: Lake, name: str, files: list[str]) -> dd.DataFrame:
-    """One partition per file, each cast to the canonical types as it is read.
+def _pieces(lake: Lake, path: str, metadata: pq.FileMetaData) -> list[_Piece]:
+    """The file as pieces of consecutive row groups of about :data:`PIECE_ROWS` rows each."""
+    where = lake.full_path(path)
+    if metadata.num_rows <= PIECE_ROWS or metadata.num_row_groups <= 1:
+        return [_Piece(path, where, None)]
+    pieces, group, rows = [], [], 0
+    for i in range(metadata.num_row_groups):
+        group.append(i)
+        rows += metadata.row_group(i).num_rows
+        if rows >= PIECE_ROWS:
+            pieces.append(_Piece(path, where, tuple(group)))
+            group, rows = [], 0
+    if group:
+        pieces.append(_Piece(path, where, tuple(group)))
+    return pieces
 
-    So files that differ in physical types concatenate and shuffle.
-    """
-    if not files:
-        return dd.from_pandas(_raw_meta(name), npartitions=1)
-    return dd.from_map(_read_partition, files, [lake.full_path(f) for f in files],
-                       fs=lake.fs, name=name, reference=_file_schema(lake, files[0], name),
-                       meta=_raw_meta(name), label=f"read-{name}", enforce_metadata=True)
+
+def _file_metadata(lake: Lake, path: str, name: str) -> pq.FileMetaData:
+    try:
+        with lake.fs.open(path, "rb") as f:
+            return pq.read_metadata(f)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise LakeError(f"cannot read Parquet file {lake.full_path(path)!r} of table "
+                        f"{name!r}: {exc}") from exc
 
 
 def _shuffle_key(df: pd.DataFrame) -> pd.DataFrame:
@@ -408,37 +440,31 @@ def _shuffle_key(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_raw_tables(lake: Lake) -> dict[str, dd.DataFrame]:
-    """The user-keyed tables as they are stored: one partition per file, canonical types.
+    """The user-keyed tables as they are stored, in canonical types.
+
+    One partition per file, or per :data:`PIECE_ROWS` rows of whole row groups of a larger
+    file (a task's memory is bounded by a piece, not by a table written as one file).
 
     Every file's footer is read first: a missing column, a wrong type or an unreadable file
     is found here, before anything shuffles the tables (a task failing mid-shuffle leaves
     Dask's shuffle machinery logging errors of its own).
     """
-    files = {name: lake.files(name) for name in USER_KEYED}
-    for name, paths in files.items():
-        schemas = [_file_schema(lake, path, name) for path in paths]
+    frames = {}
+    for name in USER_KEYED:
+        paths = lake.files(name)
+        metadata = [_file_metadata(lake, path, name) for path in paths]
+        schemas = [m.schema.to_arrow_schema() for m in metadata]
         for path, schema in zip(paths, schemas, strict=True):
             check_file_schema(name, schema, lake.full_path(path), schemas[0])
-    return {name: _read_table(lake, name, files[name]) for name in USER_KEYED}
-
-
-def read_user_tables(
-    lake: Lake, *, users_per_partition: int = 50_000
-) -> tuple[dict[str, dd.DataFrame], str]:
-    """Read the user-keyed tables as Dask frames whose partition ``i`` hold the same users.
-
-    Returns:
-        ``(frames, layout)``: frames by table name (``users`` first), all with the same
-        number of partitions, and ``"co-partitioned"`` or ``"shuffled"``.
-    """
-    fast = lake.fast_path_files()
-    if fast is not None:
-        frames = {name: _read_table(lake, name, fast[name]) for name in USER_KEYED}
-        counts = {name: f.npartitions for name, f in frames.items()}
-        if len(set(counts.values())) != 1:  # pragma: no cover - guarded by file names above
-            raise LakeError(f"lake {lake.url!r}: partition counts differ: {counts}")
-        return frames, "co-partitioned"
-    return _shuffled_tables(lake, users_per_partition), "shuffled"
+        pieces = [piece for path, m in zip(paths, metadata, strict=True)
+                  for piece in _pieces(lake, path, m)]
+        if not pieces:
+            frames[name] = dd.from_pandas(_raw_meta(name), npartitions=1)
+            continue
+        frames[name] = dd.from_map(_read_piece, pieces, fs=lake.fs, name=name,
+                                   reference=schemas[0], meta=_raw_meta(name),
+                                   label=f"read-{name}", enforce_metadata=True)
+    return frames
 
 
 def _shuffled_tables(lake: Lake, users_per_partition: int) -> dict[str, dd.DataFrame]:

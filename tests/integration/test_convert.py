@@ -15,6 +15,7 @@ from preassign.cli import main
 from preassign.convert import convert_lake
 from preassign.lake import open_lake
 from preassign.pipeline import RunConfig, run_preassignment
+from preassign.synth import SynthConfig, write_lake
 from tests.support.lakes import random_tables, write_tables
 from tests.support.outputs import read_output
 
@@ -72,3 +73,30 @@ def test_the_command_and_its_safety(tmp_path):
     assert inside.exit_code == 2 and "lies inside" in inside.output
     assert runner.invoke(main, ["lake", "convert", src, str(tmp_path / "dst"), "--overwrite",
                                 *args]).exit_code == 0
+
+
+def test_a_table_in_one_big_file_is_read_in_pieces_of_row_groups(tmp_path, monkeypatch):
+    """A lake written as one file per table: partitions of whole row groups, same runs."""
+    import pyarrow.parquet as pq
+
+    from preassign import lake as lake_mod
+
+    src = tmp_path / "lake"
+    write_lake(SynthConfig(users=600, users_per_partition=200, as_of=D), str(src))
+    one = tmp_path / "one-file"
+    for table in sorted(p.name for p in src.iterdir() if p.is_dir()):
+        data = pq.read_table(src / table)
+        (one / table).mkdir(parents=True)
+        pq.write_table(data, one / table / "all.parquet", row_group_size=5_000)
+    monkeypatch.setattr(lake_mod, "PIECE_ROWS", 12_000)
+    frames = lake_mod.read_raw_tables(lake_mod.open_lake(str(one)))
+    rows = pq.read_metadata(one / "ratings" / "all.parquet").num_rows
+    assert frames["ratings"].npartitions == -(-rows // 15_000)  # 3 groups of 5,000 a piece
+    assert frames["users"].npartitions == 1
+    with dask.config.set(scheduler="sync"):
+        expect = run_preassignment(RunConfig(lake=str(src), date_from=D, date_to=D + dt.timedelta(days=6),
+                                             out=str(tmp_path / "a")))
+        got = run_preassignment(RunConfig(lake=str(one), date_from=D, date_to=D + dt.timedelta(days=6),
+                                          out=str(tmp_path / "b"), users_per_partition=200))
+    assert got.summary["lake"]["layout"] == "shuffled"
+    pd.testing.assert_frame_equal(expect.demand, got.demand)
