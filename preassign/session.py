@@ -101,8 +101,11 @@ def _sizeof_built(built: Built) -> int:
 
 @sizeof.register(R.PartitionRounds)
 def _sizeof_rounds(rounds: R.PartitionRounds) -> int:
-    boxes = 0 if rounds.boxes is rounds.first else sizeof(rounds.boxes)
-    return int(_state_bytes(rounds.state) + sizeof(rounds.first) + boxes + 4096)
+    # never rounds.boxes: after a round it is made from the holdings on first use
+    held = rounds.holdings
+    holdings = 0 if held is None else sum(
+        int(getattr(held, f.name).nbytes) for f in dataclasses.fields(held))
+    return int(_state_bytes(rounds.state) + sizeof(rounds.first) + holdings + 4096)
 
 
 def _state_bytes(state: Any) -> int:
@@ -171,9 +174,9 @@ def _holders(part: R.PartitionRounds, catalog: SnackCatalog) -> np.ndarray:
     return R.holders(part, catalog)
 
 
-def _candidates(part: R.PartitionRounds, catalog: SnackCatalog,
-                quota: dict[int, int]) -> pd.DataFrame:
-    return R.candidates(part, catalog, quota)
+def _candidates(part: R.PartitionRounds, catalog: SnackCatalog, quota: dict[int, int],
+                held: dict[int, int]) -> pd.DataFrame:
+    return R.candidates(part, catalog, quota, held)
 
 
 def _refill(part: R.PartitionRounds, catalog: SnackCatalog, prior: np.ndarray, params: Params,
@@ -274,9 +277,9 @@ class _ClusterPartitions:
             total += held
         return total
 
-    def candidates(self, quota: dict[int, int]) -> list[pd.DataFrame]:
+    def candidates(self, quota: dict[int, int], held: dict[int, int]) -> list[pd.DataFrame]:
         return self.run.gather(self.run.map(_candidates, self.parts, catalog=self.catalog,
-                                            quota=quota))
+                                            quota=quota, held=held))
 
     def refill(self, cutoffs: Cutoffs) -> None:
         # the old boxes are only dropped, never cancelled: the new ones are computed from them

@@ -9,8 +9,10 @@ q(s)-th smallest key among its holders (−∞ when q(s) = 0), until no cutoff c
 The new cutoffs are a tree reduction over the partitions, named as dask names its roles:
 
 * :func:`chunk` - one partition's candidates: for each over-stock snack, its q(s) smallest
-  holder keys in that partition (at most q(s) rows per snack);
-* :func:`combine` - candidates of several partitions merged, again at most q(s) per snack;
+  holder keys in that partition (at most q(s) rows per snack) - or, when q(s) is more than
+  half of the H(s) boxes holding it, its H(s) - q(s) + 1 largest: the same cutoff from far
+  fewer rows when stock covers most of the demand;
+* :func:`combine` - candidates of several partitions merged, again at most as many per snack;
 * :func:`aggregate` - the q(s)-th smallest key per snack: its new cutoff.
 
 Keys are compared exactly: the jitter is a multiple of 2**-53, so comparing the floats is
@@ -42,6 +44,7 @@ __all__ = [
     "combine",
     "next_cutoffs",
     "over_stock",
+    "sides",
 ]
 
 _TOP = np.iinfo(np.int64).max
@@ -131,19 +134,56 @@ def _empty_candidates() -> pd.DataFrame:
                          "jitter": np.zeros(0, np.float64), "user_id": np.zeros(0, np.int64)})
 
 
-def _smallest(frame: pd.DataFrame, quota: Mapping[int, int]) -> pd.DataFrame:
-    """Per ``col``, its ``quota[col]`` smallest keys, sorted by (col, key)."""
-    if not len(frame):
+def sides(quota: Mapping[int, int], held: Mapping[int, int] | None
+           ) -> dict[int, tuple[int, bool]]:
+    """Per snack with q(s) > 0: ``(k, largest)``, the keys a partition must send.
+
+    The q(s)-th smallest of H(s) distinct holder keys is also their (H(s) - q(s) + 1)-th
+    largest, so each snack asks for whichever side is shorter: in a run whose stock covers
+    most of the demand, q(s) is close to H(s) and the largest side is a few keys, where
+    the smallest side would be nearly every holder. Without ``held`` (H unknown), the
+    smallest side.
+    """
+    out = {}
+    for col, q in quota.items():
+        if q <= 0:
+            continue
+        h = None if held is None else held.get(col)
+        if h is not None and h - q + 1 < q:
+            out[int(col)] = (int(h - q + 1), True)
+        else:
+            out[int(col)] = (int(q), False)
+    return out
+
+
+def _select(col: np.ndarray, day: np.ndarray, jit: np.ndarray, uid: np.ndarray,
+            sides: Mapping[int, tuple[int, bool]]) -> pd.DataFrame:
+    """Per snack column, its ``k`` smallest (or largest) keys.
+
+    Rows are sorted by column, then from the extreme key inwards (ascending keys on the
+    smallest side, descending on the largest), so the ``k``-th row of a column is the one
+    its cutoff needs.
+    """
+    if not len(col) or not sides:
         return _empty_candidates()
-    frame = frame.sort_values(list(CANDIDATE_COLUMNS), kind="stable", ignore_index=True)
-    rank = frame.groupby("col", sort=False).cumcount().to_numpy()
-    q = frame["col"].map(quota).to_numpy(np.int64)
-    return frame.loc[rank < q].reset_index(drop=True)
+    top = int(max(sides)) + 1
+    k_of = np.zeros(max(top, int(col.max()) + 1), np.int64)
+    down = np.zeros(len(k_of), bool)
+    for c, (k, largest) in sides.items():
+        k_of[c], down[c] = k, largest
+    sign = np.where(down[col], -1, 1)
+    # np.lexsort sorts by its last key first: column, then the key (negated: largest first)
+    order = np.lexsort((uid * sign, jit * sign, day * sign, col))
+    col, day, jit, uid = col[order], day[order], jit[order], uid[order]
+    rank = np.arange(len(col)) - np.searchsorted(col, col, side="left")
+    keep = rank < k_of[col]
+    return pd.DataFrame({"col": col[keep], "day": day[keep], "jitter": jit[keep],
+                         "user_id": uid[keep]})
 
 
 def chunk(cols: np.ndarray, day: np.ndarray, jit: np.ndarray, uid: np.ndarray,
-          quota: Mapping[int, int]) -> pd.DataFrame:
-    """One partition's candidates: for each snack in ``quota``, its smallest holder keys.
+          quota: Mapping[int, int], held: Mapping[int, int] | None = None) -> pd.DataFrame:
+    """One partition's candidates: for each snack in ``quota``, its extreme holder keys.
 
     Args:
         cols: the snack column of each (box, snack) the partition's boxes hold.
@@ -151,56 +191,67 @@ def chunk(cols: np.ndarray, day: np.ndarray, jit: np.ndarray, uid: np.ndarray,
         jit: its jitter(u, 0, d).
         uid: its user id.
         quota: over-stock snack column -> q(s) (snacks with q(s) = 0 need no candidates).
+        held: over-stock snack column -> H(s), the boxes holding it in all partitions. With
+            it, a snack whose q(s) is more than half of H(s) sends its H(s) - q(s) + 1
+            largest keys instead of its q(s) smallest (far fewer rows, the same cutoff).
 
     Returns:
-        At most ``quota[s]`` rows per snack (:data:`CANDIDATE_COLUMNS`), smallest keys.
+        At most ``k`` rows per snack (:data:`CANDIDATE_COLUMNS`), sorted by column, then
+        from the extreme key inwards.
     """
-    wanted = np.array([c for c, q in quota.items() if q > 0], np.int64)
-    keep = np.isin(cols, wanted)
-    frame = pd.DataFrame({"col": np.asarray(cols, np.int64)[keep],
-                          "day": np.asarray(day, np.int64)[keep],
-                          "jitter": np.asarray(jit, np.float64)[keep],
-                          "user_id": np.asarray(uid, np.int64)[keep]})
-    return _smallest(frame, quota)
+    ask = sides(quota, held)
+    cols = np.asarray(cols, np.int64)
+    keep = np.isin(cols, np.fromiter(ask, np.int64, len(ask)))
+    return _select(cols[keep], np.asarray(day, np.int64)[keep],
+                   np.asarray(jit, np.float64)[keep], np.asarray(uid, np.int64)[keep], ask)
 
 
-def combine(parts: Iterable[pd.DataFrame], quota: Mapping[int, int]) -> pd.DataFrame:
-    """Merge candidates of several partitions, keeping the ``quota[s]`` smallest per snack."""
+def combine(parts: Iterable[pd.DataFrame], quota: Mapping[int, int],
+            held: Mapping[int, int] | None = None) -> pd.DataFrame:
+    """Merge candidates of several partitions, keeping the ``k`` extreme keys per snack.
+
+    ``held`` must be what the partitions' :func:`chunk` was given.
+    """
     frames = [p for p in parts if len(p)]
     if not frames:
         return _empty_candidates()
-    return _smallest(pd.concat(frames, ignore_index=True), quota)
+    merged = pd.concat(frames, ignore_index=True)
+    return _select(merged["col"].to_numpy(np.int64), merged["day"].to_numpy(np.int64),
+                   merged["jitter"].to_numpy(np.float64), merged["user_id"].to_numpy(np.int64),
+                   sides(quota, held))
 
 
-def aggregate(candidates: pd.DataFrame, quota: Mapping[int, int]
-              ) -> dict[int, tuple[int, float, int]]:
+def aggregate(candidates: pd.DataFrame, quota: Mapping[int, int],
+              held: Mapping[int, int] | None = None) -> dict[int, tuple[int, float, int]]:
     """κ(s) per over-stock snack: the q(s)-th smallest holder key, or −∞ when q(s) = 0.
 
     Args:
         candidates: every partition's candidates combined (:func:`combine`).
         quota: over-stock snack column -> q(s).
+        held: what :func:`chunk` and :func:`combine` were given.
 
     Returns:
         snack column -> ``(day, jitter, user_id)``; −∞ is ``(int64 min, 0.0, 0)``.
 
     Raises:
-        ValueError: a snack with fewer candidates than its stock (it was not over stock).
+        ValueError: a snack with fewer candidates than it needs (it was not over stock).
     """
+    ask = sides(quota, held)
+    col = candidates["col"].to_numpy(np.int64)
+    day = candidates["day"].to_numpy(np.int64)
+    jit = candidates["jitter"].to_numpy(np.float64)
+    uid = candidates["user_id"].to_numpy(np.int64)
     out: dict[int, tuple[int, float, int]] = {}
-    grouped: dict[int, pd.DataFrame] = {}
-    if len(candidates):
-        for c, g in candidates.groupby("col", sort=False):
-            grouped[int(c)] = g  # type: ignore[arg-type]
-    for col, q in quota.items():
+    for c, q in quota.items():
         if q == 0:
-            out[int(col)] = (int(_BOTTOM), 0.0, 0)
+            out[int(c)] = (int(_BOTTOM), 0.0, 0)
             continue
-        rows = grouped.get(int(col))
-        if rows is None or len(rows) < q:
-            raise ValueError(f"snack column {col} has fewer than {q} holders; it is not over stock")
-        out[int(col)] = (int(rows["day"].to_numpy()[q - 1]),
-                         float(rows["jitter"].to_numpy()[q - 1]),
-                         int(rows["user_id"].to_numpy()[q - 1]))
+        k = ask[int(c)][0]
+        first, last = np.searchsorted(col, [c, c + 1])  # candidates are sorted by column
+        if last - first < k:
+            raise ValueError(f"snack column {c} has fewer than {q} holders; it is not over stock")
+        i = first + k - 1
+        out[int(c)] = (int(day[i]), float(jit[i]), int(uid[i]))
     return out
 
 
@@ -219,7 +270,8 @@ def next_cutoffs(cutoffs: Cutoffs, holders: np.ndarray, stock: np.ndarray,
     """
     over = over_stock(holders, stock)
     quota = {int(c): int(stock[c]) for c in over}
-    new = aggregate(combine(candidates, quota), quota)
+    held = {int(c): int(holders[c]) for c in over}
+    new = aggregate(combine(candidates, quota, held), quota, held)
     if not new:
         return cutoffs, np.zeros(0, np.int64)
     cols = np.array(sorted(new), np.int64)
@@ -249,8 +301,8 @@ class Partitions(Protocol):
     def holders(self) -> np.ndarray:
         """Boxes holding each snack, summed over the partitions."""
 
-    def candidates(self, quota: dict[int, int]) -> list[pd.DataFrame]:
-        """Each partition's :func:`chunk` for the snacks of ``quota``."""
+    def candidates(self, quota: dict[int, int], held: dict[int, int]) -> list[pd.DataFrame]:
+        """Each partition's :func:`chunk` for the snacks of ``quota`` (H(s) in ``held``)."""
 
     def refill(self, cutoffs: Cutoffs) -> None:
         """Apply new cutoffs to every partition's boxes."""
@@ -280,7 +332,7 @@ def run_rounds(parts: Partitions, stock: np.ndarray, snack_ids: np.ndarray, max_
         over = over_stock(held, stock)
         quota = {int(c): int(stock[c]) for c in over}
         wanted = {c: q for c, q in quota.items() if q > 0}
-        found = parts.candidates(wanted) if wanted else []
+        found = parts.candidates(wanted, {c: int(held[c]) for c in wanted}) if wanted else []
         new, moved = next_cutoffs(cutoffs, held, stock, found)
         if on_round is not None:
             on_round(rounds, len(moved))

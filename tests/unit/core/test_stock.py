@@ -91,6 +91,40 @@ def test_holders_spread_over_many_partitions_give_the_global_qth_smallest():
         assert got[col] == (int(keys[q - 1][0]), float(keys[q - 1][1]), int(keys[q - 1][2]))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_largest_side_gives_the_same_cutoffs_from_fewer_rows(seed):
+    """q(s) close to H(s): partitions send their H - q + 1 largest keys, the cutoff is equal."""
+    rng = np.random.default_rng(seed)
+    n = 2_000
+    cols = rng.integers(0, 5, n)
+    day = rng.integers(20788, 20795, n)
+    jit = rng.integers(0, 4, n) / 4.0  # many exact ties in jitter
+    uid = rng.permutation(n) + 1
+    held = {c: int((cols == c).sum()) for c in range(5)}
+    # from "all but one" to "one": both sides, and the boundary q = (H + 1) / 2
+    quota = {0: held[0] - 1, 1: 1, 2: (held[2] + 1) // 2, 3: held[3] - 40, 4: 0}
+    parts = np.array_split(rng.permutation(n), 9)
+    small = [chunk(cols[p], day[p], jit[p], uid[p], quota) for p in parts]
+    large = [chunk(cols[p], day[p], jit[p], uid[p], quota, held) for p in parts]
+    assert sum(map(len, large)) < sum(map(len, small))
+    assert all((f["col"] == 0).sum() <= 2 for f in large)  # H - q + 1 = 2 rows, not q
+    assert all((f["col"] == 1).sum() <= 1 for f in large)  # q = 1: the smallest side
+    got = aggregate(combine(large, quota, held), quota, held)
+    assert got == aggregate(combine(small, quota), quota)
+    for col, q in quota.items():
+        keys = sorted(zip(day[cols == col], jit[cols == col], uid[cols == col], strict=True))
+        want = (NEG, 0.0, 0) if q == 0 else tuple(
+            f(x) for f, x in zip((int, float, int), keys[q - 1], strict=True))
+        assert got[col] == want
+    # next_cutoffs gets H from the holders it is given: the same answer from either side
+    holders = np.array([held[c] for c in range(5)])
+    stock = np.array([quota[c] for c in range(5)])
+    new, moved = next_cutoffs(Cutoffs.unlimited(5), holders, stock, large)
+    assert moved.tolist() == [0, 1, 2, 3, 4]
+    assert [(int(new.day[c]), float(new.jitter[c]), int(new.user_id[c])) for c in range(5)] == \
+        [got[c] for c in range(5)]
+
+
 def test_available_compares_keys_left_to_right_and_infinities():
     k = Cutoffs.unlimited(3).with_values(np.array([0, 1]), np.array([10, NEG]),
                                          np.array([0.5, 0.0]), np.array([7, 0]))
