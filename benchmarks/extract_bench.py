@@ -172,15 +172,19 @@ def _preassign(args: list[str], url: str) -> float:
     return seconds
 
 
-def replicate(url: str, users: int, copies: int) -> float:
-    """Copy the user-keyed rows of users 1..``users`` ``copies - 1`` times; returns seconds."""
+def replicate(url: str, users: int, copies: int, start: int = 1) -> float:
+    """Copy the user-keyed rows of users 1..``users`` to copies ``start`` .. ``copies - 1``.
+
+    Copy ``k`` holds users ``k * users + 1 .. (k + 1) * users``; copies already made (below
+    ``start``) are left alone, so a database can be grown size by size. Returns seconds.
+    """
     from preassign.core.contract import USER_KEYED
     from preassign.source import WATERMARK_COLUMN, create_engine_from_url, source_table
 
     t0 = time.perf_counter()
     engine = create_engine_from_url(url)
     try:
-        for k in range(1, copies):
+        for k in range(max(start, 1), copies):
             for name in USER_KEYED:
                 columns = [c.name for c in source_table(name).columns
                            if c.name != WATERMARK_COLUMN]
@@ -193,6 +197,38 @@ def replicate(url: str, users: int, copies: int) -> float:
     finally:
         engine.dispose()
     return time.perf_counter() - t0
+
+
+def database_facts(url: str) -> dict[str, Any]:
+    """Rows per table and InnoDB bytes (data + indexes) of the source database."""
+    import sqlalchemy as sa
+
+    from preassign.core.contract import USER_KEYED
+    from preassign.source import create_engine_from_url, source_table
+
+    engine = create_engine_from_url(url)
+    try:
+        with engine.connect() as conn:
+            rows = {name: int(conn.execute(sa.select(sa.func.count()).select_from(
+                source_table(name))).scalar()) for name in ("snacks", "stock", *USER_KEYED)}
+            size = conn.exec_driver_sql(
+                "SELECT COALESCE(SUM(data_length + index_length), 0) FROM "
+                "information_schema.tables WHERE table_schema = DATABASE()").scalar()
+    finally:
+        engine.dispose()
+    return {"rows": rows, "rows_total": sum(rows.values()), "innodb_bytes": int(size or 0)}
+
+
+def peer_select(url: str, users_per_partition: int, threads: int) -> dict[str, Any]:
+    """(a) as a measured process: plan (untimed), then the bare SELECTs into Arrow (timed)."""
+    t0 = time.perf_counter()
+    plan = _plan(url, users_per_partition)
+    t1 = time.perf_counter()
+    rows = select_only(plan, threads)
+    t2 = time.perf_counter()
+    return {"inner_seconds": t2 - t1, "plan_seconds": t1 - t0, "rows": rows,
+            "rows_total": sum(rows.values()), "partitions": len(plan.bounds) - 1,
+            "threads": threads}
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,8 +16,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 from benchmarks import run as bench  # noqa: E402
+from tests.support.services import find_binary  # noqa: E402
 
-PEERS = ["preassign", "floor", "duckdb", "reference"]
+CLASSIC = ["preassign", "floor", "duckdb", "polars", "reference"]
+SESSION = ["warm", "stock_aware", "partition", "shuffled", "shuffled_files"]  # largest only
+HAS_MARIADB = find_binary("mariadbd") is not None
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def quick_report(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--quick", "--cache", str(tmp / "cache"),
          "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=400,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -41,56 +44,106 @@ def quick_report(tmp_path_factory):
 def test_quick_report_structure(quick_report):
     report, md, stdout, _ = quick_report
     for key in ("machine", "settings", "lakes", "results", "ratios", "scaling", "targets",
-                "fargate", "duckdb_check", "config_choice", "command", "code"):
+                "fargate", "checks", "duckdb_check", "polars_check", "config_choice", "command",
+                "code", "scheduler_overhead", "partitions", "extract_info", "load"):
         assert key in report, key
     assert len(report["code"]["sha256"]) == 64  # the code under test was frozen and hashed
     assert report["settings"]["sizes"] == [2000, 4000]
     assert report["settings"]["repeats"] == 1
     assert report["machine"]["nproc"] >= 1
-    assert {(r["users"], r["peer"]) for r in report["results"]} == {
-        (n, p) for n in (2000, 4000) for p in PEERS}
+    expected = {(2000, p) for p in CLASSIC} | {(4000, p) for p in CLASSIC + SESSION}
+    expected |= {(4000, p) for p in ("extract_select", "extract", "run_extract")}
+    assert {(r["users"], r["peer"]) for r in report["results"]} == expected
     for r in report["results"]:
+        if r["peer"].endswith("extract") or r["peer"] == "extract_select":
+            if not HAS_MARIADB:
+                assert r["status"] == "skipped"
+                continue
         assert r["status"] == "ok", r
         assert len(r["runs"]) == 1
         run = r["runs"][0]
         assert run["returncode"] == 0
         assert run["peak_rss_max_bytes"] > 0
         assert run["peak_rss_tree_bytes"] >= run["peak_rss_max_bytes"] * 0.5
-        assert set(r["wall_seconds"]) == {"median", "min", "max"}
+        assert run["cpu_seconds"] > 0 and run["other_cpu_seconds"] >= 0
+        assert set(r["wall_seconds"]) == {"median", "min", "max", "n"}
         assert r["wall_seconds"]["min"] <= r["wall_seconds"]["median"] <= r["wall_seconds"]["max"]
+        assert r["time"]["median"] > 0 and r["time"]["kind"]
         assert r["users_per_second"] > 0
         assert r["peak_rss_worker_bytes"] > 0
+    by = {(r["users"], r["peer"]): r for r in report["results"]}
     pa = [r for r in report["results"] if r["peer"] == "preassign"]
     assert all({"scan", "assign", "total"} <= set(r["stage_seconds"]) for r in pa)
     assert all(r["runs"][0]["processes"] >= 2 for r in pa)  # the client and its workers
+    # the warm session re-ran in-process: max_requests=1, then the defaults
+    warm = by[(4000, "warm")]
+    assert warm["time"]["kind"] == "in-process re-run" and warm["time"]["n"] == 2
+    assert [x["max_requests"] for x in warm["runs"][0]["reruns"]] == [1, 2]
+    assert warm["time"]["median"] < warm["wall_seconds"]["median"]
+    # the stock-aware run ran on ~90 % stock, in rounds
+    stock = by[(4000, "stock_aware")]
+    assert 0.8 < stock["variant"]["stock_over_units"] <= 0.9
+    assert stock["rounds"] >= 2 and stock["units_total"] < stock["units_unconstrained"]
+    # the shuffled layout was shuffled (one file per table, no manifest)
+    shuffled = by[(4000, "shuffled")]
+    assert shuffled["layout"] == "shuffled"
+    assert all(f.endswith("part.0.parquet") or f.startswith(("snacks/", "stock/"))
+               for f in shuffled["copy"]["files"])
+    assert by[(4000, "shuffled_files")]["layout"] == "shuffled"
+    for p in ("warm", "shuffled", "shuffled_files"):
+        assert by[(4000, p)]["units_match"] is True, p
+    assert by[(4000, "partition")]["partition"]["users"] == 4000
+    if HAS_MARIADB:
+        for p in ("extract_select", "extract"):
+            assert by[(4000, p)]["rows_check"]["matched"] is True
+        assert "extract" in by[(4000, "run_extract")]["stage_seconds"]
+        assert report["extract_info"]["sizes"]["4000"]["replicate"] == 2
+    assert report["scheduler_overhead"]["status"] == "ok"
+    assert 0 < report["scheduler_overhead"]["inner_seconds"] < 1
     assert [r["users"] for r in report["ratios"]] == [2000, 4000]
     for r in report["ratios"]:
-        for k in ("preassign_over_floor", "duckdb_over_preassign",
+        for k in ("preassign_over_floor", "duckdb_over_preassign", "polars_over_preassign",
                   "reference_over_preassign_per_user"):
-            assert r[k] is not None and r[k] > 0
+            assert r[k] is not None and r[k] > 0, k
+    two, four = report["ratios"]
+    for k in ("warm_over_floor", "preassign_over_warm", "stock_aware_over_preassign",
+              "shuffled_over_preassign", "shuffled_worker_peak_over_preassign",
+              "shuffled_files_over_preassign"):
+        assert two[k] is None and four[k] > 0, k
+    if HAS_MARIADB:
+        assert four["extract_over_select"] > 0 and four["run_extract_over_extract"] > 0
     assert {t["name"] for t in report["targets"]} == {
-        "floor", "duckdb", "reference", "exponent", "memory_flat", "memory_2m"}
+        "floor", "duckdb", "polars", "stock_aware", "warm", "extract_ratio", "extract_1m",
+        "shuffled_memory", "reference", "exponent", "memory_flat", "memory_2m"}
     assert all(t["met"] is None for t in report["targets"])  # nothing at 1M/2M in quick mode
-    assert report["scaling"]["exponent"] is None  # no size >= 500k
+    assert report["scaling"]["exponent"] is None  # no size >= 250k
     assert report["scaling"]["exponent_all_sizes"] is not None
+    assert [r["users"] for r in report["partitions"]] == [2000, 4000]
+    assert "direct_seconds" in report["partitions"][1]
     assert [r["workers"] for r in report["fargate"]["rows"]] == [8, 16, 32]
     assert all(r["cost_usd"] > 0 and r["wall_seconds"] > 0 for r in report["fargate"]["rows"])
     assert report["fargate"]["assumptions"]["price_per_vcpu_hour"] == 0.04048
+    assert report["fargate"]["defaults"]["worker_cpu"] == 1024
+    assert report["load"]["samples"] >= 2
     # the Markdown: printed and written, with every table
     assert md.strip() in stdout
-    for heading in ("| users | peer | runs | wall median (s) |", "preassign / floor", "Code: git",
-                    "Scaling exponent", "Targets (issue 6)", "Fargate estimate"):
-        assert heading in md
-    assert md.count("| 2,000 |") >= 5 and md.count("| 4,000 |") >= 5
+    for heading in ("### 2,000 users", "### 4,000 users", "| peer | time is |", "### Ratios",
+                    "cold / floor", "Code: git", "### Scaling", "### Targets",
+                    "### Scheduler overhead", "users on Fargate", "Load average at start"):
+        assert heading in md, heading
+    assert md.count("| 2,000 |") >= 2 and md.count("| 4,000 |") >= 2
 
 
-def test_duckdb_and_reference_match_the_pipeline(quick_report):
+def test_peers_and_reference_match_the_pipeline(quick_report):
     report, md, _, _ = quick_report
-    check = report["duckdb_check"]
-    assert check["users"] == 2000
-    assert check["matched"] is True, check
-    assert check["mismatched_rows"] == 0 and check["preassign_rows"] == check["duckdb_rows"] > 0
-    assert "identical assignments" in md
+    for peer in ("duckdb", "polars"):
+        check = report["checks"][peer]
+        assert report[f"{peer}_check"] == check
+        assert check["users"] == 2000
+        assert check["matched"] is True, check
+        assert check["mismatched_rows"] == 0 and check["preassign_rows"] == check[
+            f"{peer}_rows"] > 0
+        assert f"{peer} on 2,000 users: identical assignments" in md
     for r in report["results"]:
         if r["peer"] == "reference":
             assert r["check"]["matched"] is True, r["check"]
