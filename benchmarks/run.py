@@ -1312,13 +1312,16 @@ def compute_ratios(results: list[dict[str, Any]], sizes: list[int]) -> list[dict
     for n in sizes:
         got = {p: _get(results, n, p) for p in PEERS}
         src = (got["preassign"] or got["floor"] or {}).get("merged_from")
-        # only peers measured side by side (in the same run) are compared
-        got = {p: (x if x and x.get("merged_from") == src else None) for p, x in got.items()}
+        # only peers measured side by side (in the same run) are compared: the lake peers
+        # with the cold run's run, the extraction peers with each other
+        got = {p: (x if x and (x.get("merged_from") == src or p in EXTRACT_PEERS) else None)
+               for p, x in got.items()}
         pa_r, fl = got["preassign"], got["floor"]
         row: dict[str, Any] = {"users": n}
 
         def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
-            return _t(a) / _t(b) if a and b else None
+            same = a and b and a.get("merged_from") == b.get("merged_from")
+            return _t(a) / _t(b) if a and b and same else None
 
         # the floor as issue 13 defines it: in-process time, best of runs
         floor_best = (fl["inner_seconds"]["min"]
@@ -2191,6 +2194,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     if argv[:1] == ["_make"]:
         _make_main(argv[1:])
+        return
+    if argv[:1] == ["_render"]:  # the analysis and tables again, from a report's JSON
+        for path in map(Path, argv[1:]):
+            report = json.loads(path.read_text())
+            sizes = sorted({r["users"] for r in report["results"]})
+            s = report["settings"]
+            report["ratios"] = compute_ratios(report["results"], sizes)
+            report["scaling"] = compute_scaling(report["results"])
+            report["targets"] = evaluate_targets(report["results"], report["ratios"],
+                                                 report["scaling"], s["target_users"],
+                                                 s["memory_users"])
+            path.write_text(json.dumps(report, indent=2, default=str))
+            path.with_suffix(".md").write_text(render_markdown(report))
+            print(f"re-rendered {path} and {path.with_suffix('.md')}")
         return
     run_benchmark(parse_args(argv), argv)
 

@@ -170,12 +170,12 @@ def _start(built: Built, engine: str, catalog: SnackCatalog, prior: np.ndarray,
     return R.start(chosen, state, catalog, prior, params, users)
 
 
-def _holders(part: R.PartitionRounds, catalog: SnackCatalog) -> np.ndarray:
+def _holders(part: R.PartitionRounds, catalog: SnackCatalog) -> pd.DataFrame:
     return R.holders(part, catalog)
 
 
 def _candidates(part: R.PartitionRounds, catalog: SnackCatalog, quota: dict[int, int],
-                held: dict[int, int]) -> pd.DataFrame:
+                held: pd.DataFrame) -> pd.DataFrame:
     return R.candidates(part, catalog, quota, held)
 
 
@@ -271,13 +271,11 @@ class _ClusterPartitions:
         self.run, self.parts = run, parts
         self.catalog, self.prior, self.params = catalog, prior, params
 
-    def holders(self) -> np.ndarray:
-        total = np.zeros(self.catalog.size, np.int64)
-        for held in self.run.gather(self.run.map(_holders, self.parts, catalog=self.catalog)):
-            total += held
-        return total
+    def holders(self) -> pd.DataFrame:
+        return R.sum_holders(self.run.gather(self.run.map(_holders, self.parts,
+                                                          catalog=self.catalog)))
 
-    def candidates(self, quota: dict[int, int], held: dict[int, int]) -> list[pd.DataFrame]:
+    def candidates(self, quota: dict[int, int], held: pd.DataFrame) -> list[pd.DataFrame]:
         return self.run.gather(self.run.map(_candidates, self.parts, catalog=self.catalog,
                                             quota=quota, held=held))
 

@@ -26,10 +26,10 @@ import pandas as pd
 from .catalog import SnackCatalog
 from .demand import count_demand
 from .params import Params
-from .stock import Cutoffs, box_keys, chunk, sides
+from .stock import Cutoffs, box_keys, chunk, held_by_day, sides
 
 __all__ = ["Holdings", "LocalPartitions", "PartitionOutcome", "PartitionRounds", "candidates",
-           "holders", "outcome", "refill", "start", "track"]
+           "holders", "outcome", "refill", "start", "sum_holders", "track"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,24 +179,33 @@ def track(rounds: PartitionRounds, catalog: SnackCatalog) -> PartitionRounds:
     return dataclasses.replace(rounds, holdings=holdings)
 
 
-def holders(rounds: PartitionRounds, catalog: SnackCatalog) -> np.ndarray:
-    """Boxes holding each snack (per catalog column) after the current round."""
-    if rounds.holdings is not None:
-        return rounds.holdings.held.sum(axis=1, dtype=np.int64)
-    return np.bincount(_columns(catalog, rounds.boxes), minlength=catalog.size).astype(np.int64)
+def holders(rounds: PartitionRounds, catalog: SnackCatalog) -> pd.DataFrame:
+    """Boxes holding each snack per delivery day after the current round (``held_by_day``)."""
+    h = rounds.holdings
+    if h is None:
+        boxes = rounds.boxes
+        return held_by_day(_columns(catalog, boxes), boxes["delivery_on"].to_numpy(np.int64))
+    days, day_index = np.unique(h.day, return_inverse=True)
+    filled = h.cols >= 0
+    key = h.cols[filled].astype(np.int64) * len(days) + \
+        np.broadcast_to(day_index.reshape(-1, 1), h.cols.shape)[filled]
+    counts = np.bincount(key, minlength=catalog.size * len(days))
+    at = np.flatnonzero(counts)
+    return held_by_day(at // max(len(days), 1), days[at % max(len(days), 1)], counts[at])
 
 
 def candidates(rounds: PartitionRounds, catalog: SnackCatalog, quota: dict[int, int],
-               held: dict[int, int] | None = None) -> pd.DataFrame:
+               held: Any = None) -> pd.DataFrame:
     """For each over-stock snack in ``quota``, the partition's extreme holder keys.
 
-    (:func:`preassign.core.stock.chunk`; ``held`` = boxes holding each snack, all partitions.)
+    (:func:`preassign.core.stock.chunk`; ``held`` = the round's holders of all partitions.)
     """
     h = track(rounds, catalog).holdings
     assert h is not None
     cols, boxes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for col, (k, largest) in sides(quota, held).items():
-        holding = np.flatnonzero(h.held[col])  # in π order
+    for col, (k, largest, day) in sides(quota, held).items():
+        lo, hi = (0, len(h.day)) if day is None else np.searchsorted(h.day, [day, day + 1])
+        holding = np.flatnonzero(h.held[col, lo:hi]) + lo  # in π order
         box = holding[::-1][:k] if largest else holding[:k]
         cols.append(np.full(len(box), col, np.int64))
         boxes.append(box)
@@ -289,6 +298,14 @@ def outcome(rounds: PartitionRounds, catalog: SnackCatalog) -> PartitionOutcome:
     )
 
 
+def sum_holders(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Partitions' :func:`holders` added up."""
+    if not frames:
+        return held_by_day(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    both = pd.concat(frames, ignore_index=True)
+    return held_by_day(both["col"].to_numpy(), both["day"].to_numpy(), both["boxes"].to_numpy())
+
+
 class LocalPartitions:
     """:class:`preassign.core.stock.Partitions` held in this process (tests, small lakes)."""
 
@@ -297,14 +314,11 @@ class LocalPartitions:
         self.parts = [track(part, catalog) for part in parts]
         self.catalog, self.prior, self.params = catalog, prior, params
 
-    def holders(self) -> np.ndarray:
-        """Boxes holding each snack, summed over the partitions."""
-        total = np.zeros(self.catalog.size, np.int64)
-        for part in self.parts:
-            total += holders(part, self.catalog)
-        return total
+    def holders(self) -> pd.DataFrame:
+        """Boxes holding each snack per delivery day, summed over the partitions."""
+        return sum_holders([holders(part, self.catalog) for part in self.parts])
 
-    def candidates(self, quota: dict[int, int], held: dict[int, int]) -> list[pd.DataFrame]:
+    def candidates(self, quota: dict[int, int], held: pd.DataFrame) -> list[pd.DataFrame]:
         """Each partition's extreme holder keys of the snacks in ``quota``."""
         return [candidates(part, self.catalog, quota, held) for part in self.parts]
 

@@ -8,10 +8,11 @@ q(s)-th smallest key among its holders (−∞ when q(s) = 0), until no cutoff c
 
 The new cutoffs are a tree reduction over the partitions, named as dask names its roles:
 
-* :func:`chunk` - one partition's candidates: for each over-stock snack, its q(s) smallest
-  holder keys in that partition (at most q(s) rows per snack) - or, when q(s) is more than
-  half of the H(s) boxes holding it, its H(s) - q(s) + 1 largest: the same cutoff from far
-  fewer rows when stock covers most of the demand;
+* :func:`chunk` - one partition's candidates: for each over-stock snack, its extreme holder
+  keys on the delivery day where the q(s)-th key lies (the round's holders are counted per
+  day), from that day's shorter side: the r smallest, or the h - r + 1 largest of its h
+  holders that day (:func:`sides`) - the same cutoff as sending its q(s) smallest, from
+  far fewer rows when stock covers most of the demand;
 * :func:`combine` - candidates of several partitions merged, again at most as many per snack;
 * :func:`aggregate` - the q(s)-th smallest key per snack: its new cutoff.
 
@@ -43,6 +44,7 @@ __all__ = [
     "chunk",
     "combine",
     "next_cutoffs",
+    "held_by_day",
     "over_stock",
     "sides",
 ]
@@ -134,30 +136,66 @@ def _empty_candidates() -> pd.DataFrame:
                          "jitter": np.zeros(0, np.float64), "user_id": np.zeros(0, np.int64)})
 
 
-def sides(quota: Mapping[int, int], held: Mapping[int, int] | None
-           ) -> dict[int, tuple[int, bool]]:
-    """Per snack with q(s) > 0: ``(k, largest)``, the keys a partition must send.
+#: What a partition sends for one over-stock snack: its ``k`` extreme holder keys (the
+#: largest when ``largest``), among the boxes of delivery day ``day`` (None: every day).
+Ask = tuple[int, bool, "int | None"]
+
+
+def held_by_day(col: np.ndarray, day: np.ndarray, boxes: np.ndarray | None = None
+                ) -> pd.DataFrame:
+    """Boxes holding each snack per delivery day (``col``, ``day``, ``boxes``), summed."""
+    frame = pd.DataFrame({"col": np.asarray(col, np.int64), "day": np.asarray(day, np.int64),
+                          "boxes": np.ones(len(col), np.int64) if boxes is None
+                          else np.asarray(boxes, np.int64)})
+    return frame.groupby(["col", "day"], sort=True, as_index=False).sum()
+
+
+def sides(quota: Mapping[int, int], held: Mapping[int, int] | pd.DataFrame | None
+          ) -> dict[int, Ask]:
+    """Per snack with q(s) > 0: the keys each partition must send (:data:`Ask`).
 
     The q(s)-th smallest of H(s) distinct holder keys is also their (H(s) - q(s) + 1)-th
     largest, so each snack asks for whichever side is shorter: in a run whose stock covers
     most of the demand, q(s) is close to H(s) and the largest side is a few keys, where
-    the smallest side would be nearly every holder. Without ``held`` (H unknown), the
-    smallest side.
+    the smallest side would be nearly every holder. With ``held`` per delivery day (a
+    :func:`held_by_day` frame of every partition), keys are ordered by day first, so the
+    q(s)-th key lies on the day where the running count reaches q(s): only that day's
+    holders are asked for, from its shorter side. With ``held`` per snack (column ->
+    H(s)), every day; without it (H unknown), the q(s) smallest of every day.
     """
-    out = {}
+    by_day: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if isinstance(held, pd.DataFrame):
+        cols = held["col"].to_numpy(np.int64)
+        days, boxes = held["day"].to_numpy(np.int64), held["boxes"].to_numpy(np.int64)
+        order = np.lexsort((days, cols))
+        cols, days, boxes = cols[order], days[order], boxes[order]
+        starts = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]]).tolist() if len(cols) else []
+        for a, b in zip(starts, starts[1:] + [len(cols)] if starts else [], strict=True):
+            by_day[int(cols[a])] = (days[a:b], boxes[a:b])
+    out: dict[int, Ask] = {}
     for col, q in quota.items():
         if q <= 0:
             continue
-        h = None if held is None else held.get(col)
-        if h is not None and h - q + 1 < q:
-            out[int(col)] = (int(h - q + 1), True)
+        col = int(col)
+        if col in by_day:
+            days, boxes = by_day[col]
+            total = np.cumsum(boxes)
+            i = int(np.searchsorted(total, q))  # the day where the count reaches q
+            if i < len(days):
+                r, h = int(q - (total[i] - boxes[i])), int(boxes[i])
+                out[col] = (h - r + 1, True, int(days[i])) if h - r + 1 < r else \
+                    (r, False, int(days[i]))
+                continue
+        all_days = None if held is None or isinstance(held, pd.DataFrame) else held.get(col)
+        if all_days is not None and all_days - q + 1 < q:
+            out[col] = (int(all_days - q + 1), True, None)
         else:
-            out[int(col)] = (int(q), False)
+            out[col] = (int(q), False, None)
     return out
 
 
 def _select(col: np.ndarray, day: np.ndarray, jit: np.ndarray, uid: np.ndarray,
-            sides: Mapping[int, tuple[int, bool]]) -> pd.DataFrame:
+            sides: Mapping[int, Ask]) -> pd.DataFrame:
     """Per snack column, its ``k`` smallest (or largest) keys.
 
     Rows are sorted by column, then from the extreme key inwards (ascending keys on the
@@ -169,8 +207,13 @@ def _select(col: np.ndarray, day: np.ndarray, jit: np.ndarray, uid: np.ndarray,
     top = int(max(sides)) + 1
     k_of = np.zeros(max(top, int(col.max()) + 1), np.int64)
     down = np.zeros(len(k_of), bool)
-    for c, (k, largest) in sides.items():
+    day_of = np.full(len(k_of), _BOTTOM, np.int64)  # int64 min: any day
+    for c, (k, largest, d) in sides.items():
         k_of[c], down[c] = k, largest
+        if d is not None:
+            day_of[c] = d
+    on_day = (day_of[col] == _BOTTOM) | (day == day_of[col])
+    col, day, jit, uid = col[on_day], day[on_day], jit[on_day], uid[on_day]
     sign = np.where(down[col], -1, 1)
     # np.lexsort sorts by its last key first: column, then the key (negated: largest first)
     order = np.lexsort((uid * sign, jit * sign, day * sign, col))
@@ -182,7 +225,8 @@ def _select(col: np.ndarray, day: np.ndarray, jit: np.ndarray, uid: np.ndarray,
 
 
 def chunk(cols: np.ndarray, day: np.ndarray, jit: np.ndarray, uid: np.ndarray,
-          quota: Mapping[int, int], held: Mapping[int, int] | None = None) -> pd.DataFrame:
+          quota: Mapping[int, int], held: Mapping[int, int] | pd.DataFrame | None = None
+          ) -> pd.DataFrame:
     """One partition's candidates: for each snack in ``quota``, its extreme holder keys.
 
     Args:
@@ -191,9 +235,10 @@ def chunk(cols: np.ndarray, day: np.ndarray, jit: np.ndarray, uid: np.ndarray,
         jit: its jitter(u, 0, d).
         uid: its user id.
         quota: over-stock snack column -> q(s) (snacks with q(s) = 0 need no candidates).
-        held: over-stock snack column -> H(s), the boxes holding it in all partitions. With
-            it, a snack whose q(s) is more than half of H(s) sends its H(s) - q(s) + 1
-            largest keys instead of its q(s) smallest (far fewer rows, the same cutoff).
+        held: the boxes holding each snack in all partitions, per delivery day (a
+            :func:`held_by_day` frame) or in all (column -> H(s)): each snack then sends
+            only the day and the side of its keys where its cutoff lies (:func:`sides`),
+            far fewer rows for the same cutoff.
 
     Returns:
         At most ``k`` rows per snack (:data:`CANDIDATE_COLUMNS`), sorted by column, then
@@ -207,7 +252,7 @@ def chunk(cols: np.ndarray, day: np.ndarray, jit: np.ndarray, uid: np.ndarray,
 
 
 def combine(parts: Iterable[pd.DataFrame], quota: Mapping[int, int],
-            held: Mapping[int, int] | None = None) -> pd.DataFrame:
+            held: Mapping[int, int] | pd.DataFrame | None = None) -> pd.DataFrame:
     """Merge candidates of several partitions, keeping the ``k`` extreme keys per snack.
 
     ``held`` must be what the partitions' :func:`chunk` was given.
@@ -222,7 +267,8 @@ def combine(parts: Iterable[pd.DataFrame], quota: Mapping[int, int],
 
 
 def aggregate(candidates: pd.DataFrame, quota: Mapping[int, int],
-              held: Mapping[int, int] | None = None) -> dict[int, tuple[int, float, int]]:
+              held: Mapping[int, int] | pd.DataFrame | None = None
+              ) -> dict[int, tuple[int, float, int]]:
     """κ(s) per over-stock snack: the q(s)-th smallest holder key, or −∞ when q(s) = 0.
 
     Args:
@@ -256,7 +302,8 @@ def aggregate(candidates: pd.DataFrame, quota: Mapping[int, int],
 
 
 def next_cutoffs(cutoffs: Cutoffs, holders: np.ndarray, stock: np.ndarray,
-                 candidates: Iterable[pd.DataFrame]) -> tuple[Cutoffs, np.ndarray]:
+                 candidates: Iterable[pd.DataFrame], by_day: pd.DataFrame | None = None
+                 ) -> tuple[Cutoffs, np.ndarray]:
     """Step 2 of a round: the new cutoffs and the snack columns whose cutoff moved.
 
     Args:
@@ -264,13 +311,16 @@ def next_cutoffs(cutoffs: Cutoffs, holders: np.ndarray, stock: np.ndarray,
         holders: boxes holding each snack after the round (all partitions).
         stock: q(s) per snack (0 for a snack without a stock row).
         candidates: each partition's :func:`chunk` for the over-stock snacks.
+        by_day: the holders per delivery day the candidates were asked with (None: the
+            per-snack ``holders``).
 
     Returns:
         ``(new cutoffs, moved columns)``; no moved column means the rounds are over.
     """
     over = over_stock(holders, stock)
     quota = {int(c): int(stock[c]) for c in over}
-    held = {int(c): int(holders[c]) for c in over}
+    held: Mapping[int, int] | pd.DataFrame = (
+        by_day if by_day is not None else {int(c): int(holders[c]) for c in over})
     new = aggregate(combine(candidates, quota, held), quota, held)
     if not new:
         return cutoffs, np.zeros(0, np.int64)
@@ -298,11 +348,11 @@ class StockRoundsExceeded(InputError):
 class Partitions(Protocol):
     """The partitions of a stock-aware run, wherever they live (a cluster, a list)."""
 
-    def holders(self) -> np.ndarray:
-        """Boxes holding each snack, summed over the partitions."""
+    def holders(self) -> pd.DataFrame:
+        """Boxes holding each snack per delivery day, summed over the partitions."""
 
-    def candidates(self, quota: dict[int, int], held: dict[int, int]) -> list[pd.DataFrame]:
-        """Each partition's :func:`chunk` for the snacks of ``quota`` (H(s) in ``held``)."""
+    def candidates(self, quota: dict[int, int], held: pd.DataFrame) -> list[pd.DataFrame]:
+        """Each partition's :func:`chunk` for the snacks of ``quota`` (holders in ``held``)."""
 
     def refill(self, cutoffs: Cutoffs) -> None:
         """Apply new cutoffs to every partition's boxes."""
@@ -328,12 +378,14 @@ def run_rounds(parts: Partitions, stock: np.ndarray, snack_ids: np.ndarray, max_
     cutoffs = Cutoffs.unlimited(len(stock))
     rounds = 1
     while True:
-        held = parts.holders()
+        by_day = parts.holders()
+        held = np.bincount(by_day["col"].to_numpy(np.int64), by_day["boxes"].to_numpy(np.int64),
+                           minlength=len(stock)).astype(np.int64)
         over = over_stock(held, stock)
         quota = {int(c): int(stock[c]) for c in over}
         wanted = {c: q for c, q in quota.items() if q > 0}
-        found = parts.candidates(wanted, {c: int(held[c]) for c in wanted}) if wanted else []
-        new, moved = next_cutoffs(cutoffs, held, stock, found)
+        found = parts.candidates(wanted, by_day) if wanted else []
+        new, moved = next_cutoffs(cutoffs, held, stock, found, by_day)
         if on_round is not None:
             on_round(rounds, len(moved))
         if not len(moved):

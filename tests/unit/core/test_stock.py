@@ -27,6 +27,7 @@ from preassign.core.stock import (
     box_keys,
     chunk,
     combine,
+    held_by_day,
     next_cutoffs,
     run_rounds,
 )
@@ -93,7 +94,7 @@ def test_holders_spread_over_many_partitions_give_the_global_qth_smallest():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_the_largest_side_gives_the_same_cutoffs_from_fewer_rows(seed):
-    """q(s) close to H(s): partitions send their H - q + 1 largest keys, the cutoff is equal."""
+    """The largest side, and one day's shorter side, give the cutoff of the q smallest."""
     rng = np.random.default_rng(seed)
     n = 2_000
     cols = rng.integers(0, 5, n)
@@ -116,6 +117,16 @@ def test_the_largest_side_gives_the_same_cutoffs_from_fewer_rows(seed):
         want = (NEG, 0.0, 0) if q == 0 else tuple(
             f(x) for f, x in zip((int, float, int), keys[q - 1], strict=True))
         assert got[col] == want
+    # holders counted per day: only the day where the q-th key lies is asked for
+    by_day = held_by_day(cols, day)
+    per_day = [chunk(cols[p], day[p], jit[p], uid[p], quota, by_day) for p in parts]
+    assert sum(map(len, per_day)) < sum(map(len, large))
+    assert aggregate(combine(per_day, quota, by_day), quota, by_day) == got
+    holders = np.array([held[c] for c in range(5)])
+    new, _ = next_cutoffs(Cutoffs.unlimited(5), holders, np.array([quota[c] for c in range(5)]),
+                          per_day, by_day)
+    assert [(int(new.day[c]), float(new.jitter[c]), int(new.user_id[c])) for c in range(5)] == \
+        [got[c] for c in range(5)]
     # next_cutoffs gets H from the holders it is given: the same answer from either side
     holders = np.array([held[c] for c in range(5)])
     stock = np.array([quota[c] for c in range(5)])
