@@ -36,7 +36,7 @@ lint: $(STAMP)  ## ruff, mypy on preassign/, the README's generated parts, check
 	$(VENV)/checkov/bin/checkov --directory cluster --framework cloudformation dockerfile \
 	  --skip-download --quiet --compact
 
-test: $(STAMP)  ## the default test suite (about 8 minutes on 2 cores)
+test: $(STAMP)  ## the default test suite (about 11 minutes on 2 cores)
 	$(BIN)/python -m pytest
 
 test-all: $(STAMP)  ## everything, including tests marked slow
