@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from .compute import compute, with_cluster
 from .core.contract import USER_KEYED, LakeError, canonical_schema
 from .lake import Lake, open_lake, read_raw_tables, read_table_files, write_manifest
-from .storage import Publication, open_location
+from .storage import ManifestLake, open_location
 
 __all__ = ["ConvertedLake", "convert_job", "convert_lake"]
 
@@ -38,18 +38,12 @@ __all__ = ["ConvertedLake", "convert_job", "convert_lake"]
 ID_MIN, ID_MAX = -(2**63), 2**63 - 1
 
 
-class ConvertedLake(Publication):
-    """A lake written by ``preassign lake convert``: ``_lake.json`` written last."""
+class ConvertedLake(ManifestLake):
+    """A lake written by ``preassign lake convert``."""
 
-    last = "_lake.json"
-    layout = frozenset()
-    what = "lake"
+    source = "convert"
     flag = "DST"
     result = "converted lake"
-
-    def _recognise(self, payload: Any) -> bool:
-        return (isinstance(payload, dict) and payload.get("format") == "preassign-lake"
-                and isinstance(payload.get("source"), dict) and "convert" in payload["source"])
 
 
 def range_bounds(user_ids: np.ndarray, users_per_partition: int) -> list[int]:
@@ -113,8 +107,7 @@ def convert_lake(src: str, dst: str, *, client: Any = None,
                         "a lake with null user ids cannot be converted (the run refuses it too)")
     bounds = range_bounds(ids.to_numpy(zero_copy_only=False), users_per_partition)
     frames = read_raw_tables(lake)
-    target.acquire()
-    try:
+    with target.writing():
         staging = target.staging_url()
         rows = {name: _write_small(lake, name, staging, opts)
                 for name in ("snacks", "stock") if name == "snacks" or lake.has_table(name)}
@@ -132,12 +125,6 @@ def convert_lake(src: str, dst: str, *, client: Any = None,
         for k, name in enumerate(USER_KEYED):
             rows[name] = int(sum(written[k * n:(k + 1) * n]))
         write_manifest(staging, bounds, opts, source={"convert": {"from": src}})
-        target.publish()
-    except BaseException:
-        target.discard()
-        raise
-    finally:
-        target.release()
     return {"partitions": len(bounds) - 1, "bounds": bounds, "rows": rows}
 
 

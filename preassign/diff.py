@@ -271,17 +271,10 @@ def write_diff(diff: RunDiff, url: str, storage_options: Mapping[str, Any] | Non
     """
     target = DiffOutput(url, storage_options, overwrite=True)
     target.check_target()
-    target.acquire()
-    try:
+    with target.writing():
         target.write_bytes("snacks.csv", diff.snacks.to_csv(index=False).encode())
         target.write_bytes("by_date.csv", diff.by_date.to_csv(index=False).encode())
         target.write_json("diff.json", diff.to_json())
-        target.publish()
-    except BaseException:
-        target.discard()
-        raise
-    finally:
-        target.release()
 
 
 class DiffOutput(Publication):

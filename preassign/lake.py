@@ -315,9 +315,13 @@ def read_file(fs: Any, path: str, name: str, where: str,
 
 
 def _file_schema(lake: Lake, path: str, name: str) -> pa.Schema:
+    return _file_metadata(lake, path, name).schema.to_arrow_schema()
+
+
+def _file_metadata(lake: Lake, path: str, name: str) -> pq.FileMetaData:
     try:
         with lake.fs.open(path, "rb") as f:
-            return pq.read_schema(f)
+            return pq.read_metadata(f)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise LakeError(f"cannot read Parquet file {lake.full_path(path)!r} of table "
                         f"{name!r}: {exc}") from exc
@@ -422,15 +426,6 @@ def _pieces(lake: Lake, path: str, metadata: pq.FileMetaData) -> list[_Piece]:
     if group:
         pieces.append(_Piece(path, where, tuple(group)))
     return pieces
-
-
-def _file_metadata(lake: Lake, path: str, name: str) -> pq.FileMetaData:
-    try:
-        with lake.fs.open(path, "rb") as f:
-            return pq.read_metadata(f)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise LakeError(f"cannot read Parquet file {lake.full_path(path)!r} of table "
-                        f"{name!r}: {exc}") from exc
 
 
 def _shuffle_key(df: pd.DataFrame) -> pd.DataFrame:

@@ -268,7 +268,9 @@ class _ClusterPartitions:
 
     def __init__(self, run: _Executor, parts: list[Any], catalog: SnackCatalog,
                  prior: np.ndarray, params: Params):
-        self.run, self.parts = run, parts
+        # the round-1 boxes as holdings, once (else round 1's candidates and refill each
+        # build them)
+        self.run, self.parts = run, run.map(R.track, parts, catalog=catalog)
         self.catalog, self.prior, self.params = catalog, prior, params
 
     def holders(self) -> pd.DataFrame:

@@ -535,6 +535,23 @@ class Publication(_Target):
         self.fs.copy(_join(self.staging, self.last), last)
         self.discard()
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the target's lock while the body stages the result; publish it at the end.
+
+        On any failure (of the body or of publishing) the staging area is discarded; the
+        lock is released either way.
+        """
+        self.acquire()
+        try:
+            yield
+            self.publish()
+        except BaseException:
+            self.discard()
+            raise
+        finally:
+            self.release()
+
     def discard(self) -> None:
         """Remove the staging area (after a failure, or after publishing)."""
         try:
@@ -559,18 +576,26 @@ class RunOutput(Publication):
         self.check_target(protect)
 
 
-class SynthLake(Publication):
-    """A synthetic lake written by ``preassign synth --out``: ``_lake.json`` last."""
+class ManifestLake(Publication):
+    """A lake preassign writes whole: ``_lake.json`` last, its ``source`` names the writer."""
 
     last = "_lake.json"
     layout = frozenset()  # a lake without its manifest is indistinguishable from a user's
     what = "lake"
-    flag = "--out"
-    result = "synthetic lake"
+    #: the key of the manifest's ``source`` that says which command wrote it
+    source = ""
 
     def _recognise(self, payload: Any) -> bool:
         return (isinstance(payload, dict) and payload.get("format") == "preassign-lake"
-                and isinstance(payload.get("source"), dict) and "synth" in payload["source"])
+                and isinstance(payload.get("source"), dict) and self.source in payload["source"])
+
+
+class SynthLake(ManifestLake):
+    """A synthetic lake written by ``preassign synth --out``."""
+
+    source = "synth"
+    flag = "--out"
+    result = "synthetic lake"
 
 
 class VersionedLake(_Target):

@@ -379,8 +379,7 @@ def write_lake(
     storage_options = dict(storage_options or {})
     target = SynthLake(url, storage_options, overwrite=overwrite)
     target.check_target()
-    target.acquire()
-    try:
+    with target.writing():
         staging = target.staging_url()
         write_small_table(staging, "snacks", generate_snacks(cfg), storage_options)
         write_small_table(staging, "stock", generate_stock(cfg), storage_options)
@@ -390,12 +389,6 @@ def write_lake(
         write_manifest(staging, cfg.bounds, storage_options,
                        source={"synth": {"users": cfg.users, "snacks": cfg.snacks,
                                          "seed": cfg.seed, "as_of": cfg.as_of.isoformat()}})
-        target.publish()
-    except BaseException:
-        target.discard()
-        raise
-    finally:
-        target.release()
     rows = {"snacks": cfg.snacks}
     for c in counts:
         for k, v in c.items():
